@@ -1,0 +1,32 @@
+# One command each for the README: `make sample` cleans the bundled real sample,
+# `make test` runs the whole suite. Both set up a fresh machine first.
+SHELL := /bin/bash
+UV_VERSION := 0.13.8
+UV := $(shell command -v uv >/dev/null 2>&1 && echo uv || echo python3 -m uv)
+
+.PHONY: setup sample test lint format bench run
+
+setup:
+	@command -v uv >/dev/null 2>&1 || python3 -m uv --version >/dev/null 2>&1 \
+		|| python3 -m pip install --quiet "uv==$(UV_VERSION)"
+	@command -v redis-server >/dev/null 2>&1 \
+		|| (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null)
+	$(UV) sync --locked --all-extras
+
+sample: setup
+	$(UV) run clean-data tests/fixtures/rakuten_sample.csv -o out/rakuten_sample.cleaned.csv \
+		--report out/rakuten_sample.report.json
+
+lint: setup
+	$(UV) run ruff check .
+	$(UV) run ruff format --check .
+
+test: lint
+	$(UV) run pytest
+
+format:
+	$(UV) run ruff format .
+	$(UV) run ruff check --fix .
+
+bench: setup
+	$(UV) run python benchmarks/bench_clean.py
