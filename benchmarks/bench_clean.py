@@ -86,107 +86,32 @@ _ENTITIES = {
     "û": "ucirc",
     "ù": "ugrave",
 }
-_NOUNS = [
-    "chargeur",
-    "câble",
-    "lampe",
-    "chaise",
-    "table",
-    "housse",
-    "coque",
-    "montre",
-    "poupée",
-    "voiture",
-    "piscine",
-    "pompe",
-    "cartouche",
-    "batterie",
-    "tablette",
-    "enceinte",
-    "souris",
-    "clavier",
-    "valise",
-    "couette",
-    "guirlande",
-    "figurine",
-    "perceuse",
-    "tondeuse",
-    "bouilloire",
-    "cafetière",
-    "trottinette",
-    "raquette",
-    "poussette",
-    "peluche",
-]
-_VOWEL_NOUNS = [
-    "encre",
-    "appareil",
-    "écran",
-    "étui",
-    "imprimante",
-    "objet",
-    "utilisateur",
-    "enfant",
-    "entretien",
-    "emballage",
-    "origine",
-    "ensemble",
-    "accessoire",
-    "article",
-    "usage",
-    "installation",
-    "intérieur",
-    "extérieur",
-    "aspirateur",
-    "éclairage",
-]
-_ADJECTIVES = [
-    "élégant",
-    "pratique",
-    "résistant",
-    "léger",
-    "idéal",
-    "solide",
-    "réglable",
-    "étanche",
-    "compact",
-    "confortable",
-    "durable",
-    "robuste",
-    "silencieux",
-    "économique",
-    "ergonomique",
-    "lavable",
-    "pliable",
-    "sécurisé",
-]
-_VERBS = [
-    "utiliser",
-    "installer",
-    "entretenir",
-    "ajuster",
-    "ranger",
-    "nettoyer",
-    "assembler",
-    "emporter",
-]
-_COLOURS = ["noir", "blanc", "rouge", "bleu", "vert", "gris", "argenté", "doré", "beige", "rosé"]
-_MATERIALS = [
-    "plastique ABS",
-    "acier inoxydable",
-    "aluminium",
-    "coton bio",
-    "bois de hêtre",
-    "polyester",
-]
-_BRANDS = [
-    "Générique",
-    "Sélection Maison",
-    "L'Atelier",
-    "Bébé Confort",
-    "Électro Plus",
-    "Hôtel & Spa",
-]
+
+
+def _words(text: str, sep: str | None = None) -> tuple[str, ...]:
+    return tuple(text.split(sep))
+
+
+_NOUNS = _words(
+    "chargeur câble lampe chaise table housse coque montre poupée voiture piscine pompe "
+    "cartouche batterie tablette enceinte souris clavier valise couette guirlande figurine "
+    "perceuse tondeuse bouilloire cafetière trottinette raquette poussette peluche"
+)
+_VOWEL_NOUNS = _words(
+    "encre appareil écran étui imprimante objet utilisateur enfant entretien emballage "
+    "origine ensemble accessoire article usage installation intérieur extérieur aspirateur "
+    "éclairage"
+)
+_ADJECTIVES = _words(
+    "élégant pratique résistant léger idéal solide réglable étanche compact confortable "
+    "durable robuste silencieux économique ergonomique lavable pliable sécurisé"
+)
+_VERBS = _words("utiliser installer entretenir ajuster ranger nettoyer assembler emporter")
+_COLOURS = _words("noir blanc rouge bleu vert gris argenté doré beige rosé")
+_MATERIALS = _words(
+    "plastique ABS|acier inoxydable|aluminium|coton bio|bois de hêtre|polyester", "|"
+)
+_BRANDS = _words("Générique|Sélection Maison|L'Atelier|Bébé Confort|Électro Plus|Hôtel & Spa", "|")
 _ELISION_TEMPLATES = (
     "l'{v}",
     "d'une {n}",
@@ -471,9 +396,14 @@ def emit(name: str, value: object) -> None:
 
 
 def show_mismatches(label: str, mismatches: Sequence[tuple[str, str, str]]) -> None:
+    """A window around the first difference of each mismatch, on stderr."""
     for raw, got, want in mismatches:
-        print(f"[{label} mismatch] raw={raw[:160]!r}", file=sys.stderr)
-        print(f"  engine={got[:160]!r}\n  {label}={want[:160]!r}", file=sys.stderr)
+        pairs = enumerate(zip(got, want, strict=False))
+        at = next((i for i, (a, b) in pairs if a != b), min(len(got), len(want)))
+        lo = max(at - 60, 0)
+        print(f"[{label} mismatch at char {at}] raw={raw[:200]!r}", file=sys.stderr)
+        print(f"  engine: {got[lo : at + 60]!r}", file=sys.stderr)
+        print(f"  {label}: {want[lo : at + 60]!r}", file=sys.stderr)
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:

@@ -1,0 +1,51 @@
+"""Request dependencies, declared once: routes read as plain functions of typed parameters."""
+
+from __future__ import annotations
+
+import hmac
+from typing import Annotated
+
+from fastapi import Depends, Request, Security
+from fastapi.security import APIKeyHeader
+
+from src.api.errors import ApiError
+from src.core.config import Settings
+from src.jobs.store import AsyncJobStore
+
+
+def get_settings_dep(request: Request) -> Settings:
+    return request.app.state.settings
+
+
+def get_store(request: Request) -> AsyncJobStore:
+    return request.app.state.store
+
+
+SettingsDep = Annotated[Settings, Depends(get_settings_dep)]
+JobStoreDep = Annotated[AsyncJobStore, Depends(get_store)]
+
+_api_key_header = APIKeyHeader(name="X-API-Key", auto_error=False)
+
+
+def require_api_key(
+    settings: SettingsDep, key: Annotated[str | None, Security(_api_key_header)] = None
+) -> str | None:
+    """When API_KEYS is set, X-API-Key must be one of them (compared in constant time)."""
+    keys = settings.api_key_list
+    if not keys:
+        return None
+    given = (key or "").encode()
+    # Compare against every key, so the time taken does not tell which one matched.
+    ok = False
+    for candidate in keys:
+        ok |= hmac.compare_digest(given, candidate.encode())
+    if not ok:
+        raise ApiError(
+            401,
+            "missing or invalid API key (header X-API-Key)",
+            headers={"WWW-Authenticate": "APIKey"},
+        )
+    return key
+
+
+ApiKeyDep = Annotated[str | None, Depends(require_api_key)]

@@ -1,0 +1,67 @@
+"""The FastAPI app (`src.api.main:app`)."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+from prometheus_fastapi_instrumentator import Instrumentator
+from pymongo.errors import PyMongoError
+
+from src.api.errors import install_error_handlers
+from src.api.routes import health, jobs
+from src.core.config import Settings, get_settings
+from src.core.logging import setup_logging
+from src.jobs.store import AsyncJobStore
+
+log = logging.getLogger(__name__)
+
+DESCRIPTION = """
+Clean product datasets (Rakuten-style titles and HTML descriptions) as jobs.
+
+1. `POST /jobs/clean` with a CSV/Parquet upload (or a `source` under DATA_DIR) → 202 and `Location`.
+2. Follow `GET /jobs/{id}` (or the SSE stream `GET /jobs/{id}/events`) until `succeeded`.
+3. Download `GET /jobs/{id}/result`; the report is in the job JSON.
+
+When `API_KEYS` is set, send `X-API-Key` (all routes except health, readiness, metrics and docs).
+"""
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or get_settings()
+    setup_logging()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        store = AsyncJobStore(settings)
+        app.state.store = store
+        try:
+            await store.ensure_indexes()
+        except PyMongoError as exc:  # start anyway: /ready says 503 until the store is back
+            log.warning("could not create indexes now (store unavailable): %s", exc)
+        yield
+        await store.close()
+
+    docs = settings.docs_enabled
+    app = FastAPI(
+        title="Product-data cleaning service",
+        version="0.1.0",
+        description=DESCRIPTION,
+        lifespan=lifespan,
+        docs_url="/docs" if docs else None,
+        redoc_url=None,
+        openapi_url="/openapi.json" if docs else None,
+    )
+    app.state.settings = settings
+    install_error_handlers(app)
+    app.include_router(health.router)
+    app.include_router(jobs.router)
+    Instrumentator(excluded_handlers=["/metrics"]).instrument(app).expose(
+        app, include_in_schema=False
+    )
+    return app
+
+
+app = create_app()

@@ -1,0 +1,73 @@
+"""Liveness and readiness."""
+
+from __future__ import annotations
+
+import asyncio
+
+import redis.asyncio as aioredis
+from fastapi import APIRouter
+from fastapi.responses import JSONResponse
+
+from src.api.deps import JobStoreDep, SettingsDep
+
+router = APIRouter(tags=["health"])
+
+
+@router.get(
+    "/health",
+    summary="Alive",
+    responses={200: {"content": {"application/json": {"example": {"status": "ok"}}}}},
+)
+async def health() -> dict[str, str]:
+    """The process answers; says nothing about MongoDB or Redis (see /ready)."""
+    return {"status": "ok"}
+
+
+async def _check_store(store) -> str:
+    await store.ping()
+    return "ok"
+
+
+async def _check_redis(url: str, timeout: float) -> str:
+    client = aioredis.from_url(url, socket_connect_timeout=timeout, socket_timeout=timeout)
+    try:
+        await client.ping()
+        return "ok"
+    finally:
+        await client.aclose()
+
+
+@router.get(
+    "/ready",
+    summary="Ready: MongoDB and Redis reachable",
+    responses={
+        200: {
+            "content": {
+                "application/json": {"example": {"status": "ready", "mongodb": "ok", "redis": "ok"}}
+            }
+        },
+        503: {
+            "content": {
+                "application/json": {
+                    "example": {
+                        "status": "not ready",
+                        "mongodb": "ok",
+                        "redis": "unavailable: Connection refused",
+                    }
+                }
+            }
+        },
+    },
+)
+async def ready(store: JobStoreDep, settings: SettingsDep) -> JSONResponse:
+    checks = {
+        "mongodb": _check_store(store),
+        "redis": _check_redis(settings.redis_url, settings.broker_timeout_seconds),
+    }
+    results = await asyncio.gather(*checks.values(), return_exceptions=True)
+    body: dict[str, str] = {}
+    for name, result in zip(checks, results, strict=True):
+        body[name] = result if isinstance(result, str) else f"unavailable: {type(result).__name__}"
+    ok = all(v == "ok" for v in body.values())
+    body = {"status": "ready" if ok else "not ready", **body}
+    return JSONResponse(body, status_code=200 if ok else 503)

@@ -1,0 +1,56 @@
+"""Every environment variable of the contract, in one settings class."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """Read from the environment (and `.env` when present)."""
+
+    model_config = SettingsConfigDict(env_file=".env", extra="ignore")
+
+    mongo_url: str = Field("mongodb://127.0.0.1:27017", description="MONGO_URL")
+    mongo_db: str = Field("cleaning", description="MONGO_DB")
+    redis_url: str = Field("redis://127.0.0.1:6379/0", description="REDIS_URL")
+    data_dir: Path = Field(Path("data"), description="DATA_DIR: inputs, results, raw sources")
+    api_keys: str = Field("", description="API_KEYS: comma-separated; empty means no auth")
+    max_upload_mb: int = Field(512, ge=1, description="MAX_UPLOAD_MB")
+    docs_enabled: bool = Field(True, description="DOCS_ENABLED: serve /docs and /openapi.json")
+
+    job_retention_hours: float = Field(
+        168, gt=0, description="JOB_RETENTION_HOURS: jobs and their files expire after this"
+    )
+    max_attempts: int = Field(
+        3, ge=1, description="MAX_ATTEMPTS: a job whose worker died this often ends failed"
+    )
+    heartbeat_seconds: float = Field(2.0, gt=0, description="HEARTBEAT_SECONDS")
+    stale_after_seconds: float = Field(
+        10.0, gt=0, description="STALE_AFTER_SECONDS: a running job silent this long is requeued"
+    )
+    requeue_queued_after_seconds: float = Field(
+        300.0, gt=0, description="A queued job this old has its task sent again (harmless twice)"
+    )
+    sweep_interval_seconds: float = Field(15.0, gt=0, description="SWEEP_INTERVAL_SECONDS")
+    broker_timeout_seconds: float = Field(
+        3.0, gt=0, description="How long a submission waits for the broker before a 503"
+    )
+    store_timeout_ms: int = Field(3000, ge=100, description="MongoDB server selection timeout")
+    callback_retries: int = Field(4, ge=0, description="CALLBACK_RETRIES")
+
+    @property
+    def api_key_list(self) -> list[str]:
+        return [k.strip() for k in self.api_keys.split(",") if k.strip()]
+
+    @property
+    def max_upload_bytes(self) -> int:
+        return self.max_upload_mb << 20
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return Settings()

@@ -1,0 +1,101 @@
+"""The job state machine: which transition is allowed, as compare-and-set filters.
+
+Both stores (async for the API, sync for the worker) build their MongoDB calls
+from these functions, so the rules live here and nowhere else. No `$or`
+(the test store mishandles it beside other keys), no arrays.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from src.jobs.model import JobStatus
+
+Filter = dict[str, Any]
+Update = dict[str, Any]
+
+QUEUED, RUNNING = JobStatus.QUEUED.value, JobStatus.RUNNING.value
+
+
+def claim_queued(job_id: str) -> Filter:
+    return {"_id": job_id, "status": QUEUED}
+
+
+def claim_stale(job_id: str, stale_before: float) -> Filter:
+    """A running job whose worker stopped its heartbeat (it died)."""
+    return {"_id": job_id, "status": RUNNING, "heartbeat_ts": {"$lt": stale_before}}
+
+
+def exhausted_queued(job_id: str, cap: int) -> Filter:
+    """A queued job that already used up its attempts (its workers kept dying)."""
+    return {"_id": job_id, "status": QUEUED, "attempts": {"$gte": cap}}
+
+
+def exhausted_stale(job_id: str, cap: int, stale_before: float) -> Filter:
+    return {**claim_stale(job_id, stale_before), "attempts": {"$gte": cap}}
+
+
+def claim_update(now: float, worker: str) -> Update:
+    return {
+        "$set": {
+            "status": RUNNING,
+            "started_ts": now,
+            "heartbeat_ts": now,
+            "worker": worker,
+            "rows_done": 0,
+            "bytes_done": 0,
+        },
+        "$inc": {"attempts": 1},
+    }
+
+
+def owned(job_id: str, worker: str) -> Filter:
+    """The running job as claimed by this worker: updates from a stale claimant miss."""
+    return {"_id": job_id, "status": RUNNING, "worker": worker}
+
+
+def progress_update(
+    now: float, rows_done: int, rows_total: int | None, bytes_done: int, bytes_total: int
+) -> Update:
+    return {
+        "$set": {
+            "heartbeat_ts": now,
+            "rows_done": rows_done,
+            "rows_total": rows_total,
+            "bytes_done": bytes_done,
+            "bytes_total": bytes_total,
+        }
+    }
+
+
+def finish_update(status: JobStatus, now: float, **fields: Any) -> Update:
+    return {"$set": {"status": status.value, "finished_ts": now, **fields}}
+
+
+def cancel_queued(job_id: str) -> Filter:
+    return {"_id": job_id, "status": QUEUED}
+
+
+def cancel_running(job_id: str) -> Filter:
+    return {"_id": job_id, "status": RUNNING}
+
+
+def requeue_update(now: float) -> Update:
+    return {"$set": {"status": QUEUED, "worker": None, "sent_ts": now}}
+
+
+def resend(job_id: str, sent_before: float) -> Filter:
+    """A queued job whose task was sent long ago: it may have been lost, send it again."""
+    return {"_id": job_id, "status": QUEUED, "sent_ts": {"$lt": sent_before}}
+
+
+def stale_running(stale_before: float) -> Filter:
+    return {"status": RUNNING, "heartbeat_ts": {"$lt": stale_before}}
+
+
+def old_queued(sent_before: float) -> Filter:
+    return {"status": QUEUED, "sent_ts": {"$lt": sent_before}}
+
+
+def expired(now: float) -> Filter:
+    return {"expires_ts": {"$lt": now}}

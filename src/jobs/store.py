@@ -1,0 +1,184 @@
+"""The MongoDB job repository: `AsyncJobStore` for the API, `JobStore` for the worker.
+
+Methods speak the domain; the filters come from `rules`. PyMongo only
+(Motor is end-of-life): `AsyncMongoClient` in async code, `MongoClient` in the worker.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from pymongo import ASCENDING, DESCENDING, AsyncMongoClient, MongoClient, ReturnDocument
+
+from src.core.config import Settings
+from src.jobs import rules
+from src.jobs.model import JobStatus
+
+COLLECTION = "jobs"
+# (keys, options): shared by both stores.
+INDEXES: list[tuple[list[tuple[str, int]], dict[str, Any]]] = [
+    ([("status", ASCENDING), ("created_at", DESCENDING)], {"name": "status_created"}),
+    ([("idempotency_key", ASCENDING)], {"name": "idempotency", "unique": True, "sparse": True}),
+    ([("expires_at", ASCENDING)], {"name": "ttl", "expireAfterSeconds": 0}),
+]
+AFTER = ReturnDocument.AFTER
+NEWEST_FIRST = [("_id", DESCENDING)]
+
+
+def _client_kwargs(settings: Settings) -> dict[str, Any]:
+    timeout = settings.store_timeout_ms
+    return {
+        "serverSelectionTimeoutMS": timeout,
+        "connectTimeoutMS": timeout,
+        "socketTimeoutMS": max(timeout * 5, 10_000),
+        "tz_aware": True,
+    }
+
+
+class AsyncJobStore:
+    """The API's view of the jobs collection."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.client: AsyncMongoClient = AsyncMongoClient(
+            settings.mongo_url, **_client_kwargs(settings)
+        )
+        self.jobs = self.client[settings.mongo_db][COLLECTION]
+
+    async def close(self) -> None:
+        await self.client.close()
+
+    async def ensure_indexes(self) -> None:
+        for keys, options in INDEXES:
+            await self.jobs.create_index(keys, **options)
+
+    async def ping(self) -> None:
+        await self.client.admin.command("ping")
+
+    async def insert(self, doc: dict[str, Any]) -> None:
+        await self.jobs.insert_one(doc)
+
+    async def get(self, job_id: str) -> dict[str, Any] | None:
+        return await self.jobs.find_one({"_id": job_id})
+
+    async def get_by_idempotency_key(self, key: str) -> dict[str, Any] | None:
+        return await self.jobs.find_one({"idempotency_key": key})
+
+    async def delete(self, job_id: str) -> None:
+        await self.jobs.delete_one({"_id": job_id})
+
+    async def list(
+        self, status: JobStatus | None, limit: int, before_id: str | None
+    ) -> list[dict[str, Any]]:
+        query: dict[str, Any] = {}
+        if status is not None:
+            query["status"] = status.value
+        if before_id is not None:
+            query["_id"] = {"$lt": before_id}
+        cursor = self.jobs.find(query).sort(NEWEST_FIRST).limit(limit)
+        return await cursor.to_list(length=limit)
+
+    async def cancel(self, job_id: str) -> dict[str, Any] | None:
+        """Cancel a queued job at once, or ask a running one to stop; None if neither."""
+        now = time.time()
+        doc = await self.jobs.find_one_and_update(
+            rules.cancel_queued(job_id),
+            rules.finish_update(JobStatus.CANCELLED, now, error="cancelled by request"),
+            return_document=AFTER,
+        )
+        if doc is None:
+            doc = await self.jobs.find_one_and_update(
+                rules.cancel_running(job_id),
+                {"$set": {"cancel_requested": True}},
+                return_document=AFTER,
+            )
+        return doc
+
+    async def count_by_status(self) -> dict[str, int]:
+        rows = await (
+            await self.jobs.aggregate([{"$group": {"_id": "$status", "n": {"$sum": 1}}}])
+        ).to_list()
+        return {row["_id"]: row["n"] for row in rows}
+
+
+class JobStore:
+    """The worker's view of the jobs collection (blocking PyMongo)."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.client: MongoClient = MongoClient(settings.mongo_url, **_client_kwargs(settings))
+        self.jobs = self.client[settings.mongo_db][COLLECTION]
+
+    def close(self) -> None:
+        self.client.close()
+
+    def ensure_indexes(self) -> None:
+        for keys, options in INDEXES:
+            self.jobs.create_index(keys, **options)
+
+    def get(self, job_id: str) -> dict[str, Any] | None:
+        return self.jobs.find_one({"_id": job_id})
+
+    def claim(self, job_id: str, worker: str, stale_before: float) -> dict[str, Any] | None:
+        """queued → running, or take over a running job whose worker died."""
+        update = rules.claim_update(time.time(), worker)
+        doc = self.jobs.find_one_and_update(
+            rules.claim_queued(job_id), update, return_document=AFTER
+        )
+        if doc is None:
+            doc = self.jobs.find_one_and_update(
+                rules.claim_stale(job_id, stale_before), update, return_document=AFTER
+            )
+        return doc
+
+    def heartbeat(self, job_id: str, worker: str) -> bool:
+        result = self.jobs.update_one(
+            rules.owned(job_id, worker), {"$set": {"heartbeat_ts": time.time()}}
+        )
+        return result.matched_count == 1
+
+    def progress(
+        self,
+        job_id: str,
+        worker: str,
+        rows_done: int,
+        rows_total: int | None,
+        bytes_done: int,
+        bytes_total: int,
+    ) -> dict[str, Any] | None:
+        """Record progress; the document returned tells whether cancel was asked."""
+        return self.jobs.find_one_and_update(
+            rules.owned(job_id, worker),
+            rules.progress_update(time.time(), rows_done, rows_total, bytes_done, bytes_total),
+            return_document=AFTER,
+        )
+
+    def finish(
+        self, job_id: str, expected: dict[str, Any], status: JobStatus, **fields: Any
+    ) -> dict[str, Any] | None:
+        """Compare-and-set to a terminal status from the state `expected` describes."""
+        return self.jobs.find_one_and_update(
+            expected, rules.finish_update(status, time.time(), **fields), return_document=AFTER
+        )
+
+    def requeue(self, job_id: str, stale_before: float) -> bool:
+        """running (worker silent) → queued; True when this call made the change."""
+        result = self.jobs.update_one(
+            rules.claim_stale(job_id, stale_before), rules.requeue_update(time.time())
+        )
+        return result.modified_count == 1
+
+    def mark_resent(self, job_id: str, sent_before: float) -> bool:
+        result = self.jobs.update_one(
+            rules.resend(job_id, sent_before), {"$set": {"sent_ts": time.time()}}
+        )
+        return result.modified_count == 1
+
+    def ids(self, query: dict[str, Any], limit: int = 1000) -> list[str]:
+        return [d["_id"] for d in self.jobs.find(query, {"_id": 1}).limit(limit)]
+
+    def delete(self, job_id: str) -> None:
+        self.jobs.delete_one({"_id": job_id})
+
+    def set_fields(self, job_id: str, **fields: Any) -> None:
+        """Bookkeeping that is no status change (callback delivery)."""
+        self.jobs.update_one({"_id": job_id}, {"$set": fields})

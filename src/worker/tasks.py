@@ -1,0 +1,78 @@
+"""Celery tasks: thin glue from a job id to `src.jobs.runner`."""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+from functools import lru_cache
+
+from celery import Task
+from celery.signals import worker_process_init
+from pymongo.errors import PyMongoError
+
+from src.core.config import get_settings
+from src.core.logging import setup_logging
+from src.jobs import runner
+from src.jobs.store import JobStore
+from src.worker.celery_app import CALLBACK_TASK, CLEAN_TASK, SWEEP_TASK, app, send_clean
+
+log = logging.getLogger(__name__)
+setup_logging()
+
+
+@lru_cache(maxsize=1)
+def store() -> JobStore:
+    """One MongoClient per worker process (created after the prefork fork)."""
+    return JobStore(get_settings())
+
+
+@worker_process_init.connect
+def _fresh_client(**_: object) -> None:
+    store.cache_clear()  # a MongoClient must not cross a fork
+
+
+def worker_name() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+@app.task(
+    name=CLEAN_TASK,
+    bind=True,
+    autoretry_for=(PyMongoError,),
+    retry_backoff=True,
+    retry_backoff_max=30,
+    max_retries=8,
+)
+def clean(self: Task, job_id: str) -> str:
+    settings = get_settings()
+    outcome = runner.run_job(store(), settings, job_id, worker_name())
+    if outcome is runner.Outcome.BUSY:
+        # Another worker holds it with a live heartbeat (or it just died and the
+        # heartbeat is not stale yet): look again once it would be.
+        raise self.retry(countdown=settings.stale_after_seconds + 1, max_retries=20)
+    if outcome is runner.Outcome.DONE:
+        doc = store().get(job_id)
+        if doc and doc.get("callback_url"):
+            callback.delay(job_id)
+    return outcome.value
+
+
+@app.task(name=CALLBACK_TASK, bind=True, max_retries=None)
+def callback(self: Task, job_id: str) -> bool:
+    settings = get_settings()
+    try:
+        return runner.deliver_callback(store(), job_id)
+    except runner.CallbackFailed as exc:
+        if self.request.retries >= settings.callback_retries:
+            store().set_fields(job_id, callback_status="failed", callback_error=str(exc))
+            log.warning("job %s: callback given up: %s", job_id, exc)
+            return False
+        store().set_fields(job_id, callback_status="retrying", callback_error=str(exc))
+        raise self.retry(countdown=min(2**self.request.retries, 60)) from exc
+
+
+@app.task(name=SWEEP_TASK, autoretry_for=(PyMongoError,), max_retries=3)
+def sweep() -> dict[str, int]:
+    result = runner.sweep(store(), get_settings(), send_clean)
+    return {k: len(v) for k, v in vars(result).items()}
