@@ -21,7 +21,7 @@ from src.api.deps import ApiKeyDep, JobStoreDep, SettingsDep
 from src.api.errors import ApiError, describe_validation
 from src.api.schemas import JOB_EXAMPLE, JobList, SourceRequest, error
 from src.core import storage
-from src.jobs.model import TERMINAL, Job, JobStatus, new_job_id
+from src.jobs.model import JOB_ID, TERMINAL, Job, JobStatus, new_job_id
 from src.jobs.store import AsyncJobStore
 
 router = APIRouter(prefix="/jobs", tags=["jobs"])
@@ -192,9 +192,12 @@ def _encode_cursor(job_id: str) -> str:
 
 def _decode_cursor(cursor: str) -> str:
     try:
-        return base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+        job_id = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
     except (binascii.Error, UnicodeDecodeError):
-        raise ApiError(400, "invalid cursor: pass next_cursor from the previous page") from None
+        job_id = ""
+    if not JOB_ID.fullmatch(job_id):
+        raise ApiError(400, "invalid cursor: pass next_cursor from the previous page")
+    return job_id
 
 
 @router.get(

@@ -1,0 +1,285 @@
+"""Real services for integration tests and benchmarks: Redis, the store, the API, a worker.
+
+Each runs as a child process on a free loopback port. Used by the integration
+fixtures and by benchmarks/bench_api.py.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+
+ROOT = Path(__file__).resolve().parents[1]
+VENV_BIN = Path(sys.executable).parent
+
+
+class ServiceUnavailable(RuntimeError):
+    """A service binary is missing on this machine."""
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for(check, timeout: float, what: str, proc: subprocess.Popen | None = None) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"{what} exited with code {proc.returncode}")
+        with contextlib.suppress(Exception):
+            if check():
+                return
+        time.sleep(0.1)
+    raise TimeoutError(f"{what} not ready after {timeout}s")
+
+
+def stop(proc: subprocess.Popen | None, sig: int = signal.SIGTERM, timeout: float = 15) -> None:
+    if proc is None or proc.poll() is not None:
+        return
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, sig)
+    try:
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(5)
+
+
+def _spawn(cmd: list[str], log: Path, env: dict[str, str] | None = None) -> subprocess.Popen:
+    return subprocess.Popen(
+        cmd,
+        stdout=log.open("ab"),
+        stderr=subprocess.STDOUT,
+        env=env,
+        cwd=ROOT,
+        start_new_session=True,  # its own process group: stop() takes its children too
+    )
+
+
+@dataclass
+class Redis:
+    port: int
+    proc: subprocess.Popen
+    workdir: Path
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    @classmethod
+    def start(cls, workdir: Path, port: int | None = None) -> Redis:
+        binary = shutil.which("redis-server")
+        if binary is None:
+            raise ServiceUnavailable("redis-server is not installed (apt-get install redis-server)")
+        port = port or free_port()
+        workdir.mkdir(parents=True, exist_ok=True)
+        proc = _spawn(
+            [
+                binary,
+                "--port",
+                str(port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                str(workdir),
+            ],
+            workdir / "redis.log",
+        )
+        redis = cls(port, proc, workdir)
+        wait_for(redis.ping, 15, "redis-server", proc)
+        return redis
+
+    def ping(self) -> bool:
+        with socket.create_connection(("127.0.0.1", self.port), timeout=1) as s:
+            s.sendall(b"PING\r\n")
+            return s.recv(16).startswith(b"+PONG")
+
+    def stop(self) -> None:
+        stop(self.proc)
+
+    def restart(self) -> Redis:
+        self.stop()
+        return Redis.start(self.workdir, self.port)
+
+
+@dataclass
+class Store:
+    """The MongoDB wire-protocol server (nx-27017), or a real MongoDB from MONGO_URL."""
+
+    url: str
+    proc: subprocess.Popen | None = None
+    workdir: Path | None = None
+    port: int | None = None
+
+    @classmethod
+    def start(cls, workdir: Path, port: int | None = None) -> Store:
+        if url := os.environ.get("MONGO_URL"):
+            return cls(url)
+        binary = VENV_BIN / "nx-27017"
+        if not binary.exists():
+            raise ServiceUnavailable("nx-27017 is not installed (uv sync --all-extras)")
+        workdir.mkdir(parents=True, exist_ok=True)
+        log = workdir / "nx.log"
+        log.unlink(missing_ok=True)
+        proc = _spawn(
+            [
+                str(binary),
+                "--db",
+                "memory",
+                "--host",
+                "127.0.0.1",
+                "-p",
+                str(port or 0),
+                "--pid-file",
+                str(workdir / "nx.pid"),
+                "--log-file",
+                str(log),
+            ],
+            workdir / "nx.out",
+        )
+        found: list[int] = []
+
+        def listening() -> bool:
+            m = re.search(r"Listening on 127\.0\.0\.1:(\d+)", log.read_text())
+            if m:
+                found.append(int(m.group(1)))
+            return bool(m)
+
+        wait_for(listening, 30, "nx-27017", proc)
+        return cls(f"mongodb://127.0.0.1:{found[0]}", proc, workdir, found[0])
+
+    def stop(self) -> None:
+        stop(self.proc)
+
+    def restart(self) -> Store:
+        """Same port, empty store (in-memory): enough to prove reconnection."""
+        assert self.workdir is not None and self.port is not None
+        self.stop()
+        return Store.start(self.workdir, self.port)
+
+
+@dataclass
+class Stack:
+    """Environment shared by the API and workers of one test session."""
+
+    redis: Redis
+    store: Store
+    data_dir: Path
+    logs: Path
+    extra_env: dict[str, str] = field(default_factory=dict)
+
+    def env(self, **overrides: str) -> dict[str, str]:
+        env = {
+            k: v for k, v in os.environ.items() if not k.startswith(("MONGO_", "REDIS_", "API_"))
+        }
+        env.update(
+            PYTHONPATH=str(ROOT),
+            PYTHONUNBUFFERED="1",
+            MONGO_URL=self.store.url,
+            MONGO_DB=self.extra_env.get("MONGO_DB", "cleaning_test"),
+            REDIS_URL=self.redis.url,
+            DATA_DIR=str(self.data_dir),
+            HEARTBEAT_SECONDS="0.5",
+            STALE_AFTER_SECONDS="3",
+            SWEEP_INTERVAL_SECONDS="1",
+            BROKER_TIMEOUT_SECONDS="1",
+            STORE_TIMEOUT_MS="1500",
+        )
+        env.update(self.extra_env)
+        env.update(overrides)
+        return env
+
+    def start_worker(
+        self, name: str = "w1", concurrency: int = 2, beat: bool = False, **env: str
+    ) -> subprocess.Popen:
+        cmd = [
+            str(VENV_BIN / "celery"),
+            "-A",
+            "src.worker.celery_app",
+            "worker",
+            "-Q",
+            "cleaning",
+            "-c",
+            str(concurrency),
+            "--pool",
+            "prefork",
+            "-n",
+            f"{name}@%h",
+            "--without-gossip",
+            "--without-mingle",
+            "-l",
+            "INFO",
+        ]
+        if beat:
+            cmd += ["-B", "-s", str(self.logs / f"beat-{name}")]
+        log = self.logs / f"worker-{name}.log"
+        start = log.stat().st_size if log.exists() else 0
+        proc = _spawn(cmd, log, self.env(**env))
+
+        def ready() -> bool:
+            with log.open("rb") as fh:
+                fh.seek(start)
+                return b" ready." in fh.read()
+
+        wait_for(ready, 60, f"celery worker {name}", proc)
+        return proc
+
+    def start_api(self, port: int | None = None, **env: str) -> tuple[subprocess.Popen, str]:
+        port = port or free_port()
+        proc = _spawn(
+            [
+                str(VENV_BIN / "uvicorn"),
+                "src.api.main:app",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+                "--log-level",
+                "warning",
+            ],
+            self.logs / f"api-{port}.log",
+            self.env(**env),
+        )
+        base = f"http://127.0.0.1:{port}"
+        wait_for(lambda: httpx.get(f"{base}/health", timeout=1).status_code == 200, 60, "API", proc)
+        return proc, base
+
+
+@contextlib.contextmanager
+def running_stack(workdir: Path, **extra_env: str) -> Iterator[Stack]:
+    """Redis and the store for the duration of the block."""
+    redis = Redis.start(workdir / "redis")
+    try:
+        store = Store.start(workdir / "store")
+    except BaseException:
+        redis.stop()
+        raise
+    data_dir = workdir / "data"
+    (data_dir / "raw").mkdir(parents=True, exist_ok=True)
+    logs = workdir / "logs"
+    logs.mkdir(exist_ok=True)
+    stack = Stack(redis, store, data_dir, logs, dict(extra_env))
+    try:
+        yield stack
+    finally:
+        stack.redis.stop()
+        stack.store.stop()
