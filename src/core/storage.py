@@ -24,6 +24,12 @@ def result_relpath(job_id: str, fmt: str) -> str:
     return f"{JOBS_DIR}/{job_id}/result.{fmt}"
 
 
+def remove_partial_results(data_dir: Path, job_id: str) -> None:
+    """Temp files left by a worker killed mid-write (the rename never happened)."""
+    for tmp in job_dir(data_dir, job_id).glob(".result.*.tmp"):
+        tmp.unlink(missing_ok=True)
+
+
 def remove_job_files(data_dir: Path, job_id: str) -> None:
     shutil.rmtree(job_dir(data_dir, job_id), ignore_errors=True)
 

@@ -114,6 +114,7 @@ def _clean(store: JobStore, settings: Settings, doc: dict[str, Any], worker: str
         if current.get("cancel_requested"):
             raise JobCancelled
 
+    storage.remove_partial_results(settings.data_dir, job_id)
     try:
         options = CleaningOptions.model_validate(doc.get("options") or {})
         report = clean_file(
