@@ -30,3 +30,7 @@ format:
 
 bench: setup
 	$(UV) run python benchmarks/bench_clean.py
+
+run: setup
+	mkdir -p data/raw data/cleaned
+	$(UV) run honcho start

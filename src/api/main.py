@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -29,6 +30,17 @@ When `API_KEYS` is set, send `X-API-Key` (all routes except health, readiness, m
 """
 
 
+async def _ensure_indexes(store: AsyncJobStore) -> None:
+    """Create the indexes once the store answers; the API serves (and /ready says 503) meanwhile."""
+    while True:
+        try:
+            await store.ensure_indexes()
+            return
+        except PyMongoError as exc:
+            log.warning("indexes not created yet (store unavailable): %s", exc)
+            await asyncio.sleep(2)
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
     setup_logging()
@@ -37,11 +49,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         store = AsyncJobStore(settings)
         app.state.store = store
-        try:
-            await store.ensure_indexes()
-        except PyMongoError as exc:  # start anyway: /ready says 503 until the store is back
-            log.warning("could not create indexes now (store unavailable): %s", exc)
+        indexes = asyncio.create_task(_ensure_indexes(store))
         yield
+        indexes.cancel()
         await store.close()
 
     docs = settings.docs_enabled

@@ -147,7 +147,10 @@ def _clean(store: JobStore, settings: Settings, doc: dict[str, Any], worker: str
         job_id,
         owned,
         JobStatus.SUCCEEDED,
-        report=report.model_dump(mode="json"),
+        # paths inside the worker mean nothing to the client: name the files instead
+        report=report.model_copy(
+            update={"input": doc.get("input_name"), "output": result_rel}
+        ).model_dump(mode="json"),
         result=result_rel,
         rows_done=report.rows_in,
         rows_total=report.rows_in,
