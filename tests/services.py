@@ -203,6 +203,7 @@ class Stack:
             SWEEP_INTERVAL_SECONDS="1",
             BROKER_TIMEOUT_SECONDS="1",
             STORE_TIMEOUT_MS="1500",
+            CALLBACK_RETRIES="1",
         )
         env.update(self.extra_env)
         env.update(overrides)

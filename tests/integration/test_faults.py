@@ -189,3 +189,14 @@ def test_redelivery_cap_fails_the_job(fstack: Stack, fapi: httpx.Client, sample_
     job = fapi.get(f"/jobs/{job_id}").json()
     assert job["status"] == "failed"
     assert f"lost {settings.max_attempts} times" in job["error"]
+
+
+def test_sweep_expires_old_jobs_and_their_files(fstack: Stack, sample_path: Path) -> None:
+    settings = settings_for(fstack)
+    store = JobStore(settings)
+    job_id = _insert_running(store, fstack, sample_path, attempts=0)
+    store.jobs.update_one({"_id": job_id}, {"$set": {"status": "succeeded", "expires_ts": 1.0}})
+    result = runner.sweep(store, settings, lambda _: None)
+    assert result.expired == [job_id]
+    assert store.get(job_id) is None
+    assert not (fstack.data_dir / "jobs" / job_id).exists()
