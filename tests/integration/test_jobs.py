@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import subprocess
 import threading
 from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
@@ -13,10 +14,8 @@ from typing import ClassVar
 import httpx
 import pytest
 
-from src.data.options import CleaningOptions
-from src.data.pipeline import clean_file
 from tests.integration.conftest import upload, wait_job
-from tests.services import Stack, stop
+from tests.services import VENV_BIN, Stack, stop
 
 
 def test_upload_roundtrip_matches_cli(api: httpx.Client, sample_path: Path, tmp_path: Path) -> None:
@@ -36,8 +35,23 @@ def test_upload_roundtrip_matches_cli(api: httpx.Client, sample_path: Path, tmp_
     result = api.get(f"/jobs/{job['id']}/result")
     assert result.status_code == 200
     assert "rakuten_sample.cleaned.csv" in result.headers["content-disposition"]
+    # the same bytes as the clean-data command gives for the same input and options
     expected = tmp_path / "expected.csv"
-    clean_file(sample_path, expected, CleaningOptions(**options))
+    cli = subprocess.run(
+        [
+            str(VENV_BIN / "clean-data"),
+            str(sample_path),
+            "-o",
+            str(expected),
+            "-q",
+            "--lowercase",
+            "--drop-duplicates",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert cli.returncode == 0, cli.stderr
     assert result.content == expected.read_bytes()
 
 
