@@ -136,6 +136,11 @@ BAD_INPUTS = {
     "ragged short": (HEADER + b"1,a,b,1,1\n2,a\n", "ragged row"),
     "unterminated quote": (HEADER + b'1,a,"b,1,1\n2,a,b,1,1\n', "ragged row"),
     "duplicated header": (b",designation,description,designation\n1,a,b,c\n", "duplicated column"),
+    "no header": (b"1,a,b,1,1\n", "missing expected column"),
+    "too many columns": (
+        b"designation,description," + b",".join(b"c%d" % i for i in range(2000)) + b"\n",
+        "too many columns: 2,002",
+    ),
 }
 
 

@@ -44,6 +44,7 @@ def clean_one(text: str, options: CleaningOptions = DEFAULT) -> str:
         ("Ã©tÃ©", "été"),  # UTF-8 read as latin-1
         ("e\u0301te\u0301", "été"),  # NFC
         ("a\x00b\x07c", "abc"),  # control characters
+        ("evil\u202etxt.exe\u200b", "eviltxt.exe"),  # bidi override, zero-width space
         ("  a \t\n b\u00a0 c  ", "a b c"),
         ("l¿encre", "l'encre"),
         ("", ""),
