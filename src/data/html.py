@@ -1,0 +1,57 @@
+"""HTML to text and entity decoding, shared by the fast engine and the oracle.
+
+The tag patterns are for polars (Rust's `regex`: no look-around, no
+back-references; the end of text is written with a z escape).
+"""
+
+from __future__ import annotations
+
+import html
+import re
+
+# Tags whose boundaries separate words: they become a space, so
+# `<li>a</li><li>b</li>` reads "a b" and never "ab".
+BLOCK_TAGS = (
+    "address article aside blockquote br dd div dl dt fieldset figcaption figure footer form "
+    "h1 h2 h3 h4 h5 h6 header hr li main nav ol p pre section table tbody td tfoot th thead "
+    "tr ul body html head title option"
+).split()
+# Elements whose content is not text at all.
+DROPPED_ELEMENTS = ("script", "style")
+
+# An element dropped with its content; an unclosed one runs to the end (as in a browser).
+DROP_PATTERNS = [rf"(?is)<{name}\b.*?(?:</{name}\s*>|\z)" for name in DROPPED_ELEMENTS] + [
+    r"(?s)<!--.*?(?:-->|\z)",
+    r"(?s)<!\[CDATA\[.*?(?:\]\]>|\z)",
+    r"<![A-Za-z][^>]*>",  # <!DOCTYPE ...>
+    r"<\?[^>]*>",  # <?xml ...?>
+]
+BLOCK_PATTERN = r"(?i)</?(?:" + "|".join(BLOCK_TAGS) + r")\b[^>]*>"
+# Any other tag: a '<' followed by a letter (or '/' and a letter), up to '>'.
+# "a < b" and "<10 cm>" are text, not tags.
+TAG_PATTERN = r"</?[A-Za-z][^>]*>"
+HAS_TAG_PATTERN = r"<(?:[A-Za-z]|/[A-Za-z]|!|\?)"
+
+# Entities decoded after the first pass: only complete ones (with ';'), so that
+# "AT&amp;T &notes" does not turn into "AT&T ¬es" on a second pass.
+_STRICT_ENTITY = re.compile(r"&(?:#[0-9]{1,7}|#[xX][0-9a-fA-F]{1,6}|[A-Za-z][A-Za-z0-9]{1,31});")
+# "&amp; amp;" in the data: an escaped ampersand whose "amp;" was split by a space.
+_SPLIT_AMP = re.compile(r"&\s+amp;")
+_MAX_PASSES = 3
+
+
+def unescape_entities(text: str) -> str:
+    """Decode entities, then the double-escaped ones (`&amp;eacute;` → `é`)."""
+    return unescape_nested(html.unescape(text))
+
+
+def unescape_nested(text: str) -> str:
+    """Decode what a first pass left: `&eacute;` from `&amp;eacute;`, `&` from `& amp;`."""
+    out = text
+    for _ in range(_MAX_PASSES):
+        again = _SPLIT_AMP.sub("&", out)
+        again = _STRICT_ENTITY.sub(lambda m: html.unescape(m.group()), again)
+        if again == out:
+            break
+        out = again
+    return out

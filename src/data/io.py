@@ -1,0 +1,252 @@
+"""Streaming input and atomic output: files of any size, read and written in chunks."""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import io
+import os
+import re
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import BinaryIO
+
+import polars as pl
+import pyarrow as pa
+import pyarrow.csv as pacsv
+import pyarrow.parquet as pq
+
+from src.data.options import CleaningOptions
+
+# pyarrow reads CSV in blocks of this size; a single row longer than this is refused.
+BLOCK_BYTES = 16 << 20
+SNIFF_BYTES = 1 << 20
+# Product data has a handful of columns; thousands cost seconds per chunk for nothing.
+MAX_COLUMNS = 1024
+CSV_SUFFIXES = {".csv", ".txt"}
+PARQUET_SUFFIXES = {".parquet", ".pq"}
+
+
+class InputError(ValueError):
+    """Bad input, explained in one line a user can act on."""
+
+
+def input_format(path: Path) -> str:
+    """'parquet' for Parquet files, else 'csv' (the common case, sniffed later)."""
+    return "parquet" if path.suffix.lower() in PARQUET_SUFFIXES else "csv"
+
+
+def output_format(path: Path, requested: str | None) -> str:
+    if requested:
+        return requested
+    return "parquet" if path.suffix.lower() in PARQUET_SUFFIXES else "csv"
+
+
+def check_input_file(path: Path) -> int:
+    """The file's size; a missing, unreadable or empty file is an InputError."""
+    try:
+        size = path.stat().st_size
+    except FileNotFoundError:
+        raise InputError(f"no such file: {path}") from None
+    except OSError as exc:
+        raise InputError(f"cannot read {path}: {exc.strerror}") from None
+    if not path.is_file():
+        raise InputError(f"not a file: {path}")
+    if size == 0:
+        raise InputError(f"input is empty (0 bytes): {path}")
+    return size
+
+
+def detect_encoding(head: bytes, choice: str) -> str:
+    """The encoding to read with: UTF-8 when the head decodes as UTF-8, else cp1252."""
+    if choice != "auto":
+        return "utf-8" if choice == "utf-8" else choice
+    decoder = __import__("codecs").getincrementaldecoder("utf-8")()
+    try:
+        decoder.decode(head, final=len(head) < SNIFF_BYTES)
+        return "utf-8"
+    except UnicodeDecodeError:
+        pass
+    try:
+        head.decode("cp1252")
+        return "cp1252"
+    except UnicodeDecodeError:
+        return "latin-1"
+
+
+def parse_header(head: bytes, encoding: str) -> list[str]:
+    """Column names from the first record (RFC 4180 quoting, BOM removed)."""
+    text = head.decode("utf-8-sig" if encoding == "utf-8" else encoding, errors="replace")
+    try:
+        header = next(csv.reader(io.StringIO(text, newline="")))
+    except (StopIteration, csv.Error):
+        raise InputError("input has no CSV header line") from None
+    return header
+
+
+def require_columns(columns: list[str], options: CleaningOptions) -> None:
+    """The header must name the text columns, once each, within MAX_COLUMNS."""
+    missing = [c for c in options.text_columns if c not in columns]
+    if missing:
+        shown = ", ".join(columns[:10]) + (" …" if len(columns) > 10 else "")
+        raise InputError(
+            f"missing expected column(s): {', '.join(missing)} (header has: {shown or 'nothing'})"
+        )
+    if len(columns) > MAX_COLUMNS:
+        raise InputError(f"too many columns: {len(columns):,} (limit {MAX_COLUMNS:,})")
+    seen: set[str] = set()
+    repeated = sorted({n for n in columns if n in seen or seen.add(n)})
+    if repeated:
+        raise InputError(f"duplicated column names in header: {', '.join(map(repr, repeated))}")
+
+
+class _CountingReader(io.RawIOBase):
+    """Counts the bytes pyarrow pulls, for progress in bytes."""
+
+    def __init__(self, raw: BinaryIO) -> None:
+        self._raw = raw
+        self.bytes_read = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:  # type: ignore[override]
+        n = self._raw.readinto(buffer)
+        self.bytes_read += n or 0
+        return n or 0
+
+
+_ARROW_RAGGED = re.compile(r"Expected (\d+) columns, got (\d+): ?(.*)", re.S)
+
+
+def explain_arrow_error(exc: Exception, encoding: str) -> InputError:
+    """Turn pyarrow's CSV errors into one line that names the problem."""
+    msg = str(exc)
+    if m := _ARROW_RAGGED.search(msg):
+        row = m.group(3).splitlines()[0][:60] if m.group(3) else ""
+        return InputError(
+            f"ragged row: expected {m.group(1)} fields, got {m.group(2)} (row begins {row!r}); "
+            "a quoted field may be unterminated"
+        )
+    if "invalid UTF8" in msg:
+        return InputError(
+            f"input is not valid {encoding} text; if it is a Windows file, "
+            "use encoding 'cp1252' (clean-data --encoding cp1252)"
+        )
+    if "straddling" in msg or "block size" in msg:
+        return InputError(f"a row is longer than the {BLOCK_BYTES >> 20} MB limit")
+    if "Empty CSV" in msg:
+        return InputError("input has no CSV header line")
+    return InputError(f"unreadable CSV: {msg.splitlines()[0][:200]}")
+
+
+def iter_csv(
+    path: Path, options: CleaningOptions, meta: dict[str, str]
+) -> Iterator[tuple[pl.DataFrame, int]]:
+    """Chunks of at most `options.chunk_rows` rows (all columns as text) and bytes read so far."""
+    with path.open("rb") as raw:
+        head = raw.read(SNIFF_BYTES)
+        if (nul := head.find(b"\x00")) >= 0:
+            raise InputError(f"input looks binary (NUL byte at offset {nul}), not a CSV file")
+        encoding = detect_encoding(head, options.encoding)
+        meta["encoding"] = encoding
+        header = parse_header(head, encoding)
+        require_columns(header, options)
+        raw.seek(0)
+        counter = _CountingReader(raw)
+        try:
+            reader = pacsv.open_csv(
+                io.BufferedReader(counter, buffer_size=1 << 20),
+                read_options=pacsv.ReadOptions(
+                    block_size=BLOCK_BYTES, encoding="utf8" if encoding == "utf-8" else encoding
+                ),
+                parse_options=pacsv.ParseOptions(newlines_in_values=True),
+                convert_options=pacsv.ConvertOptions(
+                    column_types={name: pa.string() for name in header},
+                    strings_can_be_null=False,
+                    quoted_strings_can_be_null=False,
+                ),
+            )
+            for batch in reader:
+                frame = pl.from_arrow(batch)
+                assert isinstance(frame, pl.DataFrame)
+                frame.columns = header  # polars renames the unnamed index column
+                for start in range(0, frame.height, options.chunk_rows):
+                    yield frame.slice(start, options.chunk_rows), counter.bytes_read
+        except pa.ArrowInvalid as exc:
+            raise explain_arrow_error(exc, encoding) from None
+
+
+def iter_parquet(
+    path: Path, options: CleaningOptions, meta: dict[str, str]
+) -> Iterator[tuple[pl.DataFrame, int]]:
+    try:
+        pf = pq.ParquetFile(path)
+    except (pa.ArrowInvalid, OSError) as exc:
+        raise InputError(f"not a readable Parquet file: {str(exc).splitlines()[0][:200]}") from None
+    require_columns(pf.schema_arrow.names, options)
+    meta["encoding"] = "utf-8"
+    total = pf.metadata.num_rows or 1
+    size = path.stat().st_size
+    done = 0
+    for batch in pf.iter_batches(batch_size=options.chunk_rows):
+        frame = pl.from_arrow(batch)
+        assert isinstance(frame, pl.DataFrame)
+        done += frame.height
+        yield frame, size * done // total
+
+
+class AtomicWriter:
+    """Writes chunks to a hidden temporary file renamed into place on success only.
+
+    A failed or cancelled run leaves nothing behind: readers never see a
+    half-written result.
+    """
+
+    def __init__(self, path: Path, fmt: str) -> None:
+        self.path = path
+        self.fmt = fmt
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        os.close(fd)
+        self.tmp = Path(tmp)
+        self._fh: BinaryIO | None = None
+        self._parquet: pq.ParquetWriter | None = None
+        self._columns: list[str] | None = None
+
+    def write(self, frame: pl.DataFrame) -> None:
+        if self.fmt == "parquet":
+            table = frame.to_arrow()
+            if self._parquet is None:
+                self._parquet = pq.ParquetWriter(self.tmp, table.schema)
+            self._parquet.write_table(table.cast(self._parquet.schema))
+        else:
+            if self._fh is None:
+                self._fh = self.tmp.open("wb")
+                frame.write_csv(self._fh, include_header=True)
+            else:
+                frame.write_csv(self._fh, include_header=False)
+        self._columns = frame.columns
+
+    def commit(self, columns: list[str]) -> None:
+        """Finish the file (a header-only one if no row came) and move it into place."""
+        if self._columns is None:
+            self.write(pl.DataFrame({c: pl.Series(c, [], dtype=pl.String) for c in columns}))
+        if self._parquet is not None:
+            self._parquet.close()
+        if self._fh is not None:
+            self._fh.flush()
+            os.fsync(self._fh.fileno())
+            self._fh.close()
+        self.tmp.chmod(0o644)
+        os.replace(self.tmp, self.path)
+
+    def abort(self) -> None:
+        with contextlib.suppress(Exception):
+            if self._parquet is not None:
+                self._parquet.close()
+        with contextlib.suppress(Exception):
+            if self._fh is not None:
+                self._fh.close()
+        self.tmp.unlink(missing_ok=True)

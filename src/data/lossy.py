@@ -1,0 +1,115 @@
+"""Repair of the Rakuten lossy '¿': a character lost upstream and replaced by '¿'.
+
+A repair is made only when exactly one candidate gives French words; anything
+else is left as it is and counted as remaining. Never guess.
+"""
+
+from __future__ import annotations
+
+import itertools
+import re
+from collections.abc import Mapping
+from functools import lru_cache
+
+LOSSY = "¿"
+
+# Words that elide before a vowel or a mute h (l'encre, qu'il, aujourd'hui).
+ELIDABLE = frozenset(
+    "l d j m n s t c qu jusqu lorsqu puisqu quoiqu presqu quelqu aujourd".split()
+)
+# A lost two-byte letter (UTF-8 é, è, à... read back as '¿¿').
+ACCENTED = "éèêëàâäîïôöùûüçÿ"
+_VOWEL_OR_H = frozenset("aeiouyhéèêëàâäîïôöùûüœæ")
+# A token holding at least one '¿'; 'â¿¿' is a lost three-byte character
+# (typically the typographic apostrophe U+2019 whose last two bytes were lost).
+_TOKEN = re.compile(r"[\w¿]*¿[\w¿]*")
+_GAP = re.compile(r"â¿¿|¿¿|¿")
+_MAX_COMBINATIONS = 512
+# Several candidates are French words: the repair is still certain when one of
+# them is this many times more frequent than all the others together
+# ('¿¿ installer': 'à' is 770 times as frequent as the interjection 'ô').
+DOMINANCE = 500
+
+WordFrequencies = Mapping[str, int]
+
+
+@lru_cache(maxsize=1)
+def french_words() -> WordFrequencies:
+    """French word frequencies shipped by pyspellchecker (œ is spelled 'oe' there)."""
+    from spellchecker import SpellChecker
+
+    return dict(SpellChecker(language="fr", distance=1).word_frequency.dictionary)
+
+
+def _candidates(gap: str) -> tuple[str, ...]:
+    if gap == "¿":
+        return ("'", "œ")
+    if gap == "¿¿":
+        return tuple(ACCENTED)
+    return ("'",)
+
+
+def _frequency(word: str, words: WordFrequencies) -> int:
+    """How frequent `word` is as French (elisions allowed); 0 when it is not French."""
+    lower = word.lower().replace("œ", "oe")
+    if lower in words:
+        return max(words[lower], 1)
+    *prefixes, last = lower.split("'")
+    if prefixes and all(p in ELIDABLE for p in prefixes) and last[:1] in _VOWEL_OR_H:
+        return max(words.get(last, 0), 1 if last in words else 0)
+    return 0
+
+
+def _with_case(letter: str, before: str, after: str) -> str:
+    """Upper-case the repaired letter inside an upper-case word (R¿¿SISTANT)."""
+    if after[:1].isupper() and (not before or before[-1:].isupper()):
+        return letter.upper()
+    return letter
+
+
+def repair_token(token: str, words: WordFrequencies | None = None) -> str | None:
+    """The one certain repair of `token`, or None when there is none or several."""
+    words = french_words() if words is None else words
+    gaps = list(_GAP.finditer(token))
+    options = [_candidates(g.group()) for g in gaps]
+    total = 1
+    for o in options:
+        total *= len(o)
+    if not gaps or total > _MAX_COMBINATIONS:
+        return None
+    found: dict[str, int] = {}
+    for combo in itertools.product(*options):
+        parts: list[str] = []
+        pos = 0
+        for gap, letter in zip(gaps, combo, strict=True):
+            parts.append(token[pos : gap.start()])
+            parts.append(_with_case(letter, token[: gap.start()], token[gap.end() :]))
+            pos = gap.end()
+        parts.append(token[pos:])
+        candidate = "".join(parts)
+        frequency = _frequency(candidate, words)
+        if frequency:
+            found[candidate] = frequency
+    if not found:
+        return None
+    best = max(found, key=found.__getitem__)
+    others = sum(found.values()) - found[best]
+    return best if others * DOMINANCE <= found[best] else None
+
+
+def repair_lossy(text: str) -> tuple[str, int]:
+    """Repair the certain '¿' of `text`; return the text and how many '¿' were repaired."""
+    if LOSSY not in text:
+        return text, 0
+    repaired = 0
+
+    def fix(match: re.Match[str]) -> str:
+        nonlocal repaired
+        token = match.group()
+        fixed = repair_token(token)
+        if fixed is None:
+            return token
+        repaired += token.count(LOSSY)
+        return fixed
+
+    return _TOKEN.sub(fix, text), repaired

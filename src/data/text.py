@@ -1,0 +1,149 @@
+"""The text-cleaning engine: vectorised over one column with polars.
+
+Regex steps run in polars (Rust, over the whole column). Steps that need
+Python (entities, ftfy, the lossy '¿') run only on the values that need them,
+found by a vectorised test first: that is where the speed comes from.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+
+import ftfy
+import polars as pl
+
+from src.data.html import (
+    BLOCK_PATTERN,
+    DROP_PATTERNS,
+    HAS_TAG_PATTERN,
+    TAG_PATTERN,
+    unescape_entities,
+)
+from src.data.lossy import LOSSY, repair_lossy
+from src.data.options import CleaningOptions
+
+# Values worth handing to ftfy: C1 controls, or a lead byte of UTF-8 read as
+# latin-1/cp1252 followed by a continuation byte (Ã©, Ã¨, â€™, Â ...).
+MOJIBAKE_PATTERN = (
+    "[\u0080-\u009f]|[\u00c2-\u00c5\u00e2\u00ef]"
+    "[\u0080-\u00bf\u0152\u0153\u0160\u0161\u0178\u017d\u017e\u0192\u02c6\u02dc"
+    "\u2013\u2014\u2018-\u201e\u2020-\u2022\u2026\u2030\u2039\u203a\u20ac\u2122]"
+)
+# Removed outright; whitespace controls (\t \n \v \f \r, U+0085) are collapsed instead.
+# Bidirectional overrides and isolates (U+202A-E, U+2066-9) go too: they can
+# make a title display reversed ("Trojan Source" spoofing).
+CONTROL_PATTERN = (
+    "[\u0000-\u0008\u000e-\u001f\u007f-\u0084\u0086-\u009f\u200b-\u200d"
+    "\u202a-\u202e\u2060\u2066-\u2069\ufeff]"
+)
+WHITESPACE_PATTERN = r"\s+"
+
+FTFY_CONFIG = ftfy.TextFixerConfig(
+    unescape_html=False,
+    fix_latin_ligatures=False,
+    fix_character_width=False,
+    uncurl_quotes=False,
+    fix_line_breaks=False,
+    fix_surrogates=True,
+    remove_control_chars=False,
+    normalization=None,
+    explain=False,
+)
+
+
+def fix_mojibake(text: str) -> str:
+    """ftfy's encoding repairs only (HTML, quotes and widths are other steps' business)."""
+    return ftfy.fix_text(text, FTFY_CONFIG)
+
+
+@dataclass
+class ColumnCounts:
+    """What cleaning did to one column of one chunk; chunks add up."""
+
+    values: int = 0
+    values_changed: int = 0
+    html_stripped: int = 0
+    entities_unescaped: int = 0
+    mojibake_fixed: int = 0
+    lossy_repaired: int = 0
+    lossy_remaining: int = 0
+    emptied: int = 0
+    empty: int = 0
+    chars_before: int = 0
+    chars_after: int = 0
+
+    def add(self, other: ColumnCounts) -> None:
+        for f in fields(self):
+            setattr(self, f.name, getattr(self, f.name) + getattr(other, f.name))
+
+
+def _apply(values: pl.Series, mask: pl.Series, func) -> tuple[pl.Series, int]:
+    """Run a Python `func` on the masked values only; return the column and how many changed."""
+    if not mask.any():
+        return values, 0
+    before = values.filter(mask).to_list()
+    after = [func(v) for v in before]
+    changed = sum(a != b for a, b in zip(after, before, strict=True))
+    if not changed:
+        return values, 0
+    patch = pl.Series(values.name, after, dtype=pl.String)
+    idx = mask.arg_true()
+    # scatter writes in place: work on a clone so callers' series stay as they were
+    return values.clone().scatter(idx, patch), changed
+
+
+def clean_series(raw: pl.Series, options: CleaningOptions) -> tuple[pl.Series, ColumnCounts]:
+    """Clean one text column; nulls are treated as empty strings."""
+    s = raw.cast(pl.String).fill_null("")
+    counts = ColumnCounts(values=s.len(), chars_before=int(s.str.len_chars().sum() or 0))
+    original = s
+
+    if options.strip_html:
+        has_tag = s.str.contains(HAS_TAG_PATTERN)
+        counts.html_stripped = int(has_tag.sum())
+        if counts.html_stripped:
+            for pattern in DROP_PATTERNS:
+                s = s.str.replace_all(pattern, "")
+            s = s.str.replace_all(BLOCK_PATTERN, " ").str.replace_all(TAG_PATTERN, "")
+
+    if options.unescape_entities:
+        s, counts.entities_unescaped = _apply(
+            s, s.str.contains("&", literal=True), unescape_entities
+        )
+
+    if options.fix_mojibake:
+        s, counts.mojibake_fixed = _apply(s, s.str.contains(MOJIBAKE_PATTERN), fix_mojibake)
+
+    if options.repair_lossy:
+        has_lossy = s.str.contains(LOSSY, literal=True)
+        if has_lossy.any():
+            repaired = 0
+
+            def repair(text: str) -> str:
+                nonlocal repaired
+                out, n = repair_lossy(text)
+                repaired += n
+                return out
+
+            s, _ = _apply(s, has_lossy, repair)
+            counts.lossy_repaired = repaired
+    counts.lossy_remaining = int(s.str.count_matches(LOSSY, literal=True).sum() or 0)
+
+    s = (
+        s.str.normalize("NFC")
+        .str.replace_all(CONTROL_PATTERN, "")
+        .str.replace_all(WHITESPACE_PATTERN, " ")
+        .str.strip_chars(" ")
+    )
+    if options.lowercase:
+        s = s.str.to_lowercase()
+    if options.min_length > 1:
+        short = s.str.len_chars() < options.min_length
+        s = pl.select(pl.when(short).then(pl.lit("")).otherwise(s)).to_series().alias(s.name)
+
+    empty_out = s == ""
+    counts.empty = int(empty_out.sum())
+    counts.emptied = int((empty_out & (original != "")).sum())
+    counts.values_changed = int((s != original).sum())
+    counts.chars_after = int(s.str.len_chars().sum() or 0)
+    return s, counts
