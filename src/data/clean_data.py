@@ -82,7 +82,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _options(args: argparse.Namespace) -> CleaningOptions:
-    given = {n: getattr(args, n) for n in CleaningOptions.model_fields if getattr(args, n) is not None}
+    given = {
+        n: getattr(args, n) for n in CleaningOptions.model_fields if getattr(args, n) is not None
+    }
     return CleaningOptions(**given)
 
 
@@ -92,9 +94,7 @@ def _progress_bar(path: Path, quiet: bool) -> tuple[typing.Any, typing.Any]:
         return None, None
     from tqdm import tqdm
 
-    bar = tqdm(
-        total=path.stat().st_size, unit="B", unit_scale=True, desc=path.name, leave=False
-    )
+    bar = tqdm(total=path.stat().st_size, unit="B", unit_scale=True, desc=path.name, leave=False)
 
     def update(progress: typing.Any) -> None:
         bar.update(progress.bytes_done - bar.n)
@@ -169,4 +169,3 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
-

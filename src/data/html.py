@@ -11,11 +11,50 @@ import re
 
 # Tags whose boundaries separate words: they become a space, so
 # `<li>a</li><li>b</li>` reads "a b" and never "ab".
-BLOCK_TAGS = (
-    "address article aside blockquote br dd div dl dt fieldset figcaption figure footer form "
-    "h1 h2 h3 h4 h5 h6 header hr li main nav ol p pre section table tbody td tfoot th thead "
-    "tr ul body html head title option"
-).split()
+BLOCK_TAGS = [
+    "address",
+    "article",
+    "aside",
+    "blockquote",
+    "br",
+    "dd",
+    "div",
+    "dl",
+    "dt",
+    "fieldset",
+    "figcaption",
+    "figure",
+    "footer",
+    "form",
+    "h1",
+    "h2",
+    "h3",
+    "h4",
+    "h5",
+    "h6",
+    "header",
+    "hr",
+    "li",
+    "main",
+    "nav",
+    "ol",
+    "p",
+    "pre",
+    "section",
+    "table",
+    "tbody",
+    "td",
+    "tfoot",
+    "th",
+    "thead",
+    "tr",
+    "ul",
+    "body",
+    "html",
+    "head",
+    "title",
+    "option",
+]
 # Elements whose content is not text at all.
 DROPPED_ELEMENTS = ("script", "style")
 

@@ -15,7 +15,24 @@ LOSSY = "¿"
 
 # Words that elide before a vowel or a mute h (l'encre, qu'il, aujourd'hui).
 ELIDABLE = frozenset(
-    "l d j m n s t c qu jusqu lorsqu puisqu quoiqu presqu quelqu aujourd".split()
+    [
+        "l",
+        "d",
+        "j",
+        "m",
+        "n",
+        "s",
+        "t",
+        "c",
+        "qu",
+        "jusqu",
+        "lorsqu",
+        "puisqu",
+        "quoiqu",
+        "presqu",
+        "quelqu",
+        "aujourd",
+    ]
 )
 # A lost two-byte letter (UTF-8 é, è, à... read back as '¿¿').
 ACCENTED = "éèêëàâäîïôöùûüçÿ"

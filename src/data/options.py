@@ -31,7 +31,8 @@ class CleaningOptions(BaseModel):
         default=True, description="Decode HTML entities, including double-escaped ones."
     )
     fix_mojibake: bool = Field(
-        default=True, description="Repair broken encodings with ftfy (only values that look broken)."
+        default=True,
+        description="Repair broken encodings with ftfy (only values that look broken).",
     )
     repair_lossy: bool = Field(
         default=True,

@@ -51,7 +51,9 @@ class CleaningReport(BaseModel):
             f"({self.duplicate_rows_dropped:,} duplicate rows dropped) "
             f"in {self.duration_s:.2f}s ({self.rows_per_s:,.0f} rows/s)",
             f"duplicate {self.options.id_column}: {self.duplicate_ids:,}"
-            + (f" (e.g. {', '.join(self.duplicate_id_examples[:3])})" if self.duplicate_ids else ""),
+            + (
+                f" (e.g. {', '.join(self.duplicate_id_examples[:3])})" if self.duplicate_ids else ""
+            ),
         ]
         for name, c in self.columns.items():
             lines.append(
