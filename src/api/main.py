@@ -8,9 +8,9 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
-from prometheus_fastapi_instrumentator import Instrumentator
 from pymongo.errors import PyMongoError
 
+from src.api import metrics
 from src.api.errors import install_error_handlers
 from src.api.routes import health, jobs
 from src.core.config import Settings, get_settings
@@ -53,6 +53,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         yield
         indexes.cancel()
         await store.close()
+        state.close()
 
     docs = settings.docs_enabled
     app = FastAPI(
@@ -68,9 +69,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_error_handlers(app)
     app.include_router(health.router)
     app.include_router(jobs.router)
-    Instrumentator(excluded_handlers=["/metrics"]).instrument(app).expose(
-        app, include_in_schema=False
-    )
+    state = metrics.instrument(app, settings)
     return app
 
 

@@ -21,7 +21,7 @@ from pymongo.errors import DuplicateKeyError, PyMongoError
 from starlette.concurrency import run_in_threadpool
 
 from src.api.errors import ApiError, describe_validation
-from src.core import storage
+from src.core import metrics, storage
 from src.core.config import Settings
 from src.data.options import CleaningOptions
 from src.jobs.model import Job, new_job_doc
@@ -153,6 +153,7 @@ async def submit(
             "broker (Redis) unavailable: job not created; retry later",
             headers={"Retry-After": "5"},
         ) from None
+    metrics.JOBS_SUBMITTED.inc()
     return Job.from_doc(doc), True
 
 

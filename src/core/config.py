@@ -41,6 +41,10 @@ class Settings(BaseSettings):
     )
     store_timeout_ms: int = Field(3000, ge=100, description="MongoDB server selection timeout")
     callback_retries: int = Field(4, ge=0, description="CALLBACK_RETRIES")
+    worker_metrics_port: int = Field(
+        9808, ge=0, le=65535, description="WORKER_METRICS_PORT: worker /metrics; 0 turns it off"
+    )
+    worker_metrics_addr: str = Field("0.0.0.0", description="WORKER_METRICS_ADDR")
 
     @property
     def api_key_list(self) -> list[str]:

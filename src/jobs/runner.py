@@ -43,6 +43,22 @@ class ClaimLost(Exception):
     """Raised between chunks when the job is no longer ours (requeued by the sweep)."""
 
 
+class JobEvents:
+    """What happened to a job, for whoever watches (the worker records metrics from it).
+
+    The default does nothing; `src.jobs` knows no metrics library.
+    """
+
+    def claimed(self, doc: dict[str, Any]) -> None:
+        """This worker claimed the job (`doc` as stored after the claim)."""
+
+    def progressed(self, job_id: str, rows_done: int, bytes_done: int) -> None:
+        """A chunk was cleaned; totals so far for this attempt."""
+
+    def finished(self, doc: dict[str, Any]) -> None:
+        """This worker brought the job to a final status (`doc` as stored after it)."""
+
+
 class Heartbeat:
     """Tells the store this worker is alive, from a thread, even during a long chunk."""
 
@@ -69,8 +85,15 @@ class Heartbeat:
         self._thread.join(timeout=5)
 
 
-def run_job(store: JobStore, settings: Settings, job_id: str, worker: str) -> Outcome:
+def run_job(
+    store: JobStore,
+    settings: Settings,
+    job_id: str,
+    worker: str,
+    events: JobEvents | None = None,
+) -> Outcome:
     """Claim the job, clean its input chunk by chunk, and end it with a terminal status."""
+    events = events or JobEvents()
     doc = store.get(job_id)
     if doc is None or JobStatus(doc["status"]) in TERMINAL:
         log.info("job %s: nothing to do (%s)", job_id, "unknown" if doc is None else doc["status"])
@@ -85,8 +108,9 @@ def run_job(store: JobStore, settings: Settings, job_id: str, worker: str) -> Ou
         rules.exhausted_queued(job_id, cap),
         rules.exhausted_stale(job_id, cap, stale_before),
     ):
-        if store.finish(job_id, expected, JobStatus.FAILED, error=reason):
+        if finished := store.finish(job_id, expected, JobStatus.FAILED, error=reason):
             log.error("job %s failed: %s", job_id, reason)
+            _finished(events, finished)
             return Outcome.DONE
 
     claimed = store.claim(job_id, worker, stale_before)
@@ -96,11 +120,14 @@ def run_job(store: JobStore, settings: Settings, job_id: str, worker: str) -> Ou
             return Outcome.BUSY
         return Outcome.GONE
     log.info("job %s: claimed by %s (attempt %s)", job_id, worker, claimed["attempts"])
+    _notify(events.claimed, claimed)
     with Heartbeat(store, job_id, worker, settings.heartbeat_seconds):
-        return _clean(store, settings, claimed, worker)
+        return _clean(store, settings, claimed, worker, events)
 
 
-def _clean(store: JobStore, settings: Settings, doc: dict[str, Any], worker: str) -> Outcome:
+def _clean(
+    store: JobStore, settings: Settings, doc: dict[str, Any], worker: str, events: JobEvents
+) -> Outcome:
     job_id = doc["_id"]
     owned = rules.owned(job_id, worker)
     fmt = doc.get("output_format", "csv")
@@ -111,6 +138,7 @@ def _clean(store: JobStore, settings: Settings, doc: dict[str, Any], worker: str
         current = store.progress(job_id, worker, p.rows_done, estimate, p.bytes_done, p.bytes_total)
         if current is None:
             raise ClaimLost
+        _notify(events.progressed, job_id, p.rows_done, p.bytes_done)
         if current.get("cancel_requested"):
             raise JobCancelled
 
@@ -125,23 +153,26 @@ def _clean(store: JobStore, settings: Settings, doc: dict[str, Any], worker: str
             on_progress=on_progress,
         )
     except JobCancelled:
-        store.finish(job_id, owned, JobStatus.CANCELLED, error="cancelled by request")
+        finished = store.finish(job_id, owned, JobStatus.CANCELLED, error="cancelled by request")
         log.info("job %s: cancelled", job_id)
+        _finished(events, finished)
         return Outcome.DONE
     except ClaimLost:
         log.warning("job %s: claim lost (requeued or cancelled elsewhere); stopping", job_id)
         return Outcome.GONE
     except InputError as exc:
-        store.finish(job_id, owned, JobStatus.FAILED, error=str(exc))
+        finished = store.finish(job_id, owned, JobStatus.FAILED, error=str(exc))
         log.info("job %s: failed on its input: %s", job_id, exc)
+        _finished(events, finished)
         return Outcome.DONE
     except PyMongoError:
         raise  # transient: the task retries with backoff
     except Exception as exc:  # a readable error on the job; the worker lives on
         log.exception("job %s: unexpected error", job_id)
-        store.finish(
+        finished = store.finish(
             job_id, owned, JobStatus.FAILED, error=f"internal error: {type(exc).__name__}: {exc}"
         )
+        _finished(events, finished)
         return Outcome.DONE
     done = store.finish(
         job_id,
@@ -156,7 +187,21 @@ def _clean(store: JobStore, settings: Settings, doc: dict[str, Any], worker: str
         rows_total=report.rows_in,
     )
     log.info("job %s: %s, %s rows", job_id, "succeeded" if done else "claim lost", report.rows_in)
+    _finished(events, done)
     return Outcome.DONE if done else Outcome.GONE
+
+
+def _finished(events: JobEvents, doc: dict[str, Any] | None) -> None:
+    """Report a final status this worker set (None: the compare-and-set missed)."""
+    if doc is not None:
+        _notify(events.finished, doc)
+
+
+def _notify(handler: Callable[..., None], *args: Any) -> None:
+    try:
+        handler(*args)
+    except Exception:  # an observer never changes what happens to the job
+        log.exception("job event handler %s failed", getattr(handler, "__name__", handler))
 
 
 @dataclass

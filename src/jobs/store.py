@@ -102,10 +102,17 @@ class AsyncJobStore:
 
 
 class JobStore:
-    """The worker's view of the jobs collection (blocking PyMongo)."""
+    """The worker's view of the jobs collection (blocking PyMongo).
 
-    def __init__(self, settings: Settings) -> None:
-        self.client: MongoClient = MongoClient(settings.mongo_url, **_client_kwargs(settings))
+    `timeout_ms` bounds every operation (PyMongo's client-side timeout); the API's
+    metrics collector uses it so that a store outage cannot stall a scrape.
+    """
+
+    def __init__(self, settings: Settings, timeout_ms: int | None = None) -> None:
+        kwargs = _client_kwargs(settings)
+        if timeout_ms is not None:
+            kwargs.update(serverSelectionTimeoutMS=timeout_ms, timeoutMS=timeout_ms)
+        self.client: MongoClient = MongoClient(settings.mongo_url, **kwargs)
         self.jobs = self.client[settings.mongo_db][COLLECTION]
 
     def close(self) -> None:
@@ -178,6 +185,17 @@ class JobStore:
 
     def delete(self, job_id: str) -> None:
         self.jobs.delete_one({"_id": job_id})
+
+    def count_by_status(self) -> dict[str, int]:
+        rows = self.jobs.aggregate([{"$group": {"_id": "$status", "n": {"$sum": 1}}}])
+        return {row["_id"]: row["n"] for row in rows}
+
+    def oldest_created_ts(self, status: JobStatus) -> float | None:
+        """Creation time of the oldest job in `status` (ids are time-ordered); None if none."""
+        doc = self.jobs.find_one(
+            {"status": status.value}, {"created_ts": 1}, sort=[("_id", ASCENDING)]
+        )
+        return None if doc is None else doc["created_ts"]
 
     def set_fields(self, job_id: str, **fields: Any) -> None:
         """Bookkeeping that is no status change (callback delivery)."""

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+# First: it sets PROMETHEUS_MULTIPROC_DIR before prometheus_client is imported.
+from src.worker import metrics as worker_metrics  # isort: skip
+
 import logging
 import os
 import socket
@@ -46,7 +49,8 @@ def worker_name() -> str:
 )
 def clean(self: Task, job_id: str) -> str:
     settings = get_settings()
-    outcome = runner.run_job(store(), settings, job_id, worker_name())
+    events = worker_metrics.JobMetrics(settings.data_dir)
+    outcome = runner.run_job(store(), settings, job_id, worker_name(), events)
     if outcome is runner.Outcome.BUSY:
         # Another worker holds it with a live heartbeat (or it just died and the
         # heartbeat is not stale yet): look again once it would be.

@@ -20,7 +20,7 @@ from src.api import submit as submission
 from src.api.deps import ApiKeyDep, JobStoreDep, SettingsDep
 from src.api.errors import ApiError, describe_validation
 from src.api.schemas import JOB_EXAMPLE, JobList, SourceRequest, error
-from src.core import storage
+from src.core import metrics, storage
 from src.jobs.model import JOB_ID, TERMINAL, Job, JobStatus, new_job_id
 from src.jobs.store import AsyncJobStore
 
@@ -277,6 +277,8 @@ async def cancel_job(job_id: str, store: JobStoreDep, _key: ApiKeyDep) -> JSONRe
         raise ApiError(
             409, f"job is {current['status']}; only queued or running jobs can be cancelled"
         )
+    if doc["status"] == JobStatus.CANCELLED.value:  # a queued job, ended here (no worker)
+        metrics.JOBS_CANCELLED_QUEUED.labels(status=doc["status"]).inc()
     return _job_response(Job.from_doc(doc), 200)
 
 
