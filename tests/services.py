@@ -284,3 +284,58 @@ def running_stack(workdir: Path, **extra_env: str) -> Iterator[Stack]:
     finally:
         stack.redis.stop()
         stack.store.stop()
+
+
+@dataclass
+class Prometheus:
+    """A real Prometheus (Debian's `prometheus` package) on a free loopback port."""
+
+    port: int
+    proc: subprocess.Popen
+    workdir: Path
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @classmethod
+    def start(cls, config: Path, workdir: Path, port: int | None = None) -> Prometheus:
+        binary = shutil.which("prometheus")
+        if binary is None:
+            raise ServiceUnavailable("prometheus is not installed (apt-get install prometheus)")
+        port = port or free_port()
+        workdir.mkdir(parents=True, exist_ok=True)
+        proc = _spawn(
+            [
+                binary,
+                f"--config.file={config}",
+                f"--storage.tsdb.path={workdir / 'tsdb'}",
+                f"--web.listen-address=127.0.0.1:{port}",
+                "--storage.tsdb.retention.time=1d",
+                "--log.level=warn",
+            ],
+            workdir / "prometheus.log",
+        )
+        prom = cls(port, proc, workdir)
+        wait_for(
+            lambda: httpx.get(f"{prom.url}/-/ready", timeout=1).status_code == 200,
+            30,
+            "prometheus",
+            proc,
+        )
+        return prom
+
+    def query(self, expr: str) -> dict:
+        """The raw answer of /api/v1/query (`status`, `data` or `error`)."""
+        return httpx.get(f"{self.url}/api/v1/query", params={"query": expr}, timeout=10).json()
+
+    def value(self, expr: str) -> float | None:
+        """The value of a single-series instant query; None when it returns nothing."""
+        body = self.query(expr)
+        if body["status"] != "success":
+            raise RuntimeError(f"{expr}: {body.get('error')}")
+        result = body["data"]["result"]
+        return float(result[0]["value"][1]) if result else None
+
+    def stop(self) -> None:
+        stop(self.proc)

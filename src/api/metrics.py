@@ -83,10 +83,16 @@ _state: StateSources | None = None
 
 
 def instrument(app: FastAPI, settings: Settings) -> StateSources:
-    """HTTP metrics for every route, the job counters and the state collector at /metrics."""
-    Instrumentator(excluded_handlers=["/metrics"]).instrument(
-        app, latency_lowr_buckets=metrics.API_LATENCY_BUCKETS
-    ).expose(app, include_in_schema=False)
+    """HTTP metrics for every route, the job counters and the state collector at /metrics.
+
+    Latency is measured until the response starts: an SSE stream or a download counts
+    the time to its first byte, not the length of the job or of the transfer.
+    """
+    Instrumentator(
+        excluded_handlers=["/metrics"], should_exclude_streaming_duration=True
+    ).instrument(app, latency_lowr_buckets=metrics.API_LATENCY_BUCKETS).expose(
+        app, include_in_schema=False
+    )
     metrics.JOBS_CANCELLED_QUEUED.labels(status=JobStatus.CANCELLED.value)  # 0, not absent
     global _state
     if _state is None:  # one collector per process, even if several apps are created

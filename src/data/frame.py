@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
-import pandas as pd
 import polars as pl
 
 from src.data.options import CleaningOptions
@@ -30,7 +30,8 @@ class SeenHashes:
 
     def seen_before(self, hashes: np.ndarray) -> np.ndarray:
         """Mark hashes already seen (or repeated within `hashes`) and remember them all."""
-        dup = pd.Series(hashes).duplicated().to_numpy(copy=True)
+        dup = np.ones(hashes.size, dtype=bool)
+        dup[np.unique(hashes, return_index=True)[1]] = False  # first occurrences
         for level in self._levels:
             pos = np.searchsorted(level, hashes)
             pos[pos == level.size] = 0
@@ -114,3 +115,7 @@ def neutralise_formulas(frame: pl.DataFrame, state: RunState) -> pl.DataFrame:
 def clean_pandas(frame: pd.DataFrame, options: CleaningOptions) -> pd.DataFrame:
     """`clean_frame` for pandas users (notebooks, tests); the pipeline stays in polars."""
     return clean_frame(pl.from_pandas(frame), options).to_pandas()
+
+
+if TYPE_CHECKING:
+    import pandas as pd

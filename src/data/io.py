@@ -20,7 +20,8 @@ import pyarrow.parquet as pq
 from src.data.options import CleaningOptions
 
 # pyarrow reads CSV in blocks of this size; a single row longer than this is refused.
-BLOCK_BYTES = 16 << 20
+# Small blocks keep the peak memory low (and cost no speed); product rows are far smaller.
+BLOCK_BYTES = 2 << 20
 SNIFF_BYTES = 1 << 20
 # Product data has a handful of columns; thousands cost seconds per chunk for nothing.
 MAX_COLUMNS = 1024
@@ -101,22 +102,6 @@ def require_columns(columns: list[str], options: CleaningOptions) -> None:
         raise InputError(f"duplicated column names in header: {', '.join(map(repr, repeated))}")
 
 
-class _CountingReader(io.RawIOBase):
-    """Counts the bytes pyarrow pulls, for progress in bytes."""
-
-    def __init__(self, raw: BinaryIO) -> None:
-        self._raw = raw
-        self.bytes_read = 0
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, buffer) -> int:  # type: ignore[override]
-        n = self._raw.readinto(buffer)
-        self.bytes_read += n or 0
-        return n or 0
-
-
 _ARROW_RAGGED = re.compile(r"Expected (\d+) columns, got (\d+): ?(.*)", re.S)
 
 
@@ -153,29 +138,38 @@ def iter_csv(
         meta["encoding"] = encoding
         header = parse_header(head, encoding)
         require_columns(header, options)
-        raw.seek(0)
-        counter = _CountingReader(raw)
+    # A native file, not a Python one: pyarrow's read-ahead thread must never call
+    # back into Python (at interpreter exit that aborts the process).
+    source = pa.OSFile(str(path), "rb")
+    try:
+        reader = pacsv.open_csv(
+            source,
+            read_options=pacsv.ReadOptions(
+                block_size=BLOCK_BYTES,
+                encoding="utf8" if encoding == "utf-8" else encoding,
+                use_threads=False,
+            ),
+            parse_options=pacsv.ParseOptions(newlines_in_values=True),
+            convert_options=pacsv.ConvertOptions(
+                column_types={name: pa.string() for name in header},
+                strings_can_be_null=False,
+                quoted_strings_can_be_null=False,
+            ),
+        )
         try:
-            reader = pacsv.open_csv(
-                io.BufferedReader(counter, buffer_size=1 << 20),
-                read_options=pacsv.ReadOptions(
-                    block_size=BLOCK_BYTES, encoding="utf8" if encoding == "utf-8" else encoding
-                ),
-                parse_options=pacsv.ParseOptions(newlines_in_values=True),
-                convert_options=pacsv.ConvertOptions(
-                    column_types={name: pa.string() for name in header},
-                    strings_can_be_null=False,
-                    quoted_strings_can_be_null=False,
-                ),
-            )
             for batch in reader:
                 frame = pl.from_arrow(batch)
                 assert isinstance(frame, pl.DataFrame)
                 frame.columns = header  # polars renames the unnamed index column
+                done = source.tell()
                 for start in range(0, frame.height, options.chunk_rows):
-                    yield frame.slice(start, options.chunk_rows), counter.bytes_read
-        except pa.ArrowInvalid as exc:
-            raise explain_arrow_error(exc, encoding) from None
+                    yield frame.slice(start, options.chunk_rows), done
+        finally:
+            reader.close()
+    except pa.ArrowInvalid as exc:
+        raise explain_arrow_error(exc, encoding) from None
+    finally:
+        source.close()
 
 
 def iter_parquet(

@@ -63,7 +63,7 @@ class CleaningOptions(BaseModel):
         "and falls back to cp1252.",
     )
     chunk_rows: int = Field(
-        default=20_000, ge=1, le=1_000_000, description="Rows read, cleaned and written at a time."
+        default=5_000, ge=1, le=1_000_000, description="Rows read, cleaned and written at a time."
     )
 
     @field_validator("text_columns")
