@@ -7,6 +7,7 @@ when CI=true: CI never passes without running the integration suite.
 from __future__ import annotations
 
 import os
+import subprocess
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -37,14 +38,14 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
 
 
 @pytest.fixture(scope="session")
-def worker(stack: Stack) -> Iterator[None]:
+def worker(stack: Stack) -> Iterator[subprocess.Popen]:
     proc = stack.start_worker("main", concurrency=2)
-    yield
+    yield proc
     stop(proc)
 
 
 @pytest.fixture(scope="session")
-def api(stack: Stack, worker: None) -> Iterator[httpx.Client]:
+def api(stack: Stack, worker: subprocess.Popen) -> Iterator[httpx.Client]:
     proc, base = stack.start_api()
     with httpx.Client(base_url=base, timeout=30) as client:
         yield client
