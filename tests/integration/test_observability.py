@@ -350,7 +350,7 @@ def test_dashboards_are_provisioned_from_their_directory() -> None:
     provider = yaml.safe_load(
         (GRAFANA_DIR / "provisioning" / "dashboards" / "cleaning.yml").read_text()
     )
-    assert [p["options"]["path"] for p in provider["providers"]] == ["/var/lib/grafana/dashboards"]
+    assert [p["options"]["path"] for p in provider["providers"]] == ["/etc/grafana/dashboards"]
     assert {d["uid"] for d in plots.load_dashboards()} == {"cleaning-api", "cleaning-jobs"}
 
 
