@@ -8,6 +8,7 @@ from typing import Annotated
 from fastapi import Depends, Request, Security
 from fastapi.security import APIKeyHeader
 
+from src.api import ratelimit
 from src.api.errors import ApiError
 from src.core.config import Settings
 from src.jobs.store import AsyncJobStore
@@ -27,12 +28,18 @@ JobStoreDep = Annotated[AsyncJobStore, Depends(get_store)]
 _api_key_header = APIKeyHeader(name="X-API-Key", auto_error=False)
 
 
-def require_api_key(
-    settings: SettingsDep, key: Annotated[str | None, Security(_api_key_header)] = None
+async def require_api_key(
+    request: Request,
+    settings: SettingsDep,
+    key: Annotated[str | None, Security(_api_key_header)] = None,
 ) -> str | None:
-    """When API_KEYS is set, X-API-Key must be one of them (compared in constant time)."""
+    """When API_KEYS is set, X-API-Key must be one of them (compared in constant time).
+
+    Then the caller's rate limit (RATE_LIMIT_PER_MINUTE, kept in Redis) applies.
+    """
     keys = settings.api_key_list
     if not keys:
+        await ratelimit.enforce(request, settings, None)
         return None
     given = (key or "").encode()
     # Compare against every key, so the time taken does not tell which one matched.
@@ -45,6 +52,7 @@ def require_api_key(
             "missing or invalid API key (header X-API-Key)",
             headers={"WWW-Authenticate": "APIKey"},
         )
+    await ratelimit.enforce(request, settings, key)
     return key
 
 

@@ -20,6 +20,9 @@ class Settings(BaseSettings):
     data_dir: Path = Field(Path("data"), description="DATA_DIR: inputs, results, raw sources")
     api_keys: str = Field("", description="API_KEYS: comma-separated; empty means no auth")
     max_upload_mb: int = Field(512, ge=1, description="MAX_UPLOAD_MB")
+    rate_limit_per_minute: int = Field(
+        0, ge=0, description="RATE_LIMIT_PER_MINUTE per API key (or client address); 0: off"
+    )
     docs_enabled: bool = Field(True, description="DOCS_ENABLED: serve /docs and /openapi.json")
 
     job_retention_hours: float = Field(
