@@ -37,6 +37,13 @@ CONTROL_PATTERN = (
     "\u202a-\u202e\u2060\u2066-\u2069\ufeff]"
 )
 WHITESPACE_PATTERN = r"\s+"
+# The same result, faster: a lone plain space is already right, so only runs of
+# two or more, or a lone tab/newline/NBSP, are rewritten.
+WHITESPACE_FAST_PATTERN = r"\s{2,}|[^\S ]"
+# Text made only of these characters is already NFC: Latin up to U+02FF, general
+# punctuation (but U+2000-1, which NFC rewrites) and currency signs. Only the other
+# values pay for normalisation.
+NFC_UNSTABLE_CHAR = "[^\u0000-\u02ff\u2002-\u206f\u20a0-\u20bf]"
 
 FTFY_CONFIG = ftfy.TextFixerConfig(
     unescape_html=False,
@@ -127,12 +134,16 @@ def clean_series(raw: pl.Series, options: CleaningOptions) -> tuple[pl.Series, C
 
             s, _ = _apply(s, has_lossy, repair)
             counts.lossy_repaired = repaired
-    counts.lossy_remaining = int(s.str.count_matches(LOSSY, literal=True).sum() or 0)
+    if s.str.contains(LOSSY, literal=True).any():
+        counts.lossy_remaining = int(s.str.count_matches(LOSSY, literal=True).sum() or 0)
 
+    maybe_unnormalised = s.str.contains(NFC_UNSTABLE_CHAR)
+    if maybe_unnormalised.any():
+        normalised = s.filter(maybe_unnormalised).str.normalize("NFC")
+        s = s.clone().scatter(maybe_unnormalised.arg_true(), normalised)
     s = (
-        s.str.normalize("NFC")
-        .str.replace_all(CONTROL_PATTERN, "")
-        .str.replace_all(WHITESPACE_PATTERN, " ")
+        s.str.replace_all(CONTROL_PATTERN, "")
+        .str.replace_all(WHITESPACE_FAST_PATTERN, " ")
         .str.strip_chars(" ")
     )
     if options.lowercase:
