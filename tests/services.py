@@ -210,8 +210,14 @@ class Stack:
         return env
 
     def start_worker(
-        self, name: str = "w1", concurrency: int = 2, beat: bool = False, **env: str
+        self,
+        name: str = "w1",
+        concurrency: int = 2,
+        beat: bool = False,
+        prefix: list[str] | None = None,
+        **env: str,
     ) -> subprocess.Popen:
+        """A Celery worker; `prefix` wraps the command (e.g. to enter a memory cgroup)."""
         cmd = [
             str(VENV_BIN / "celery"),
             "-A",
@@ -234,7 +240,7 @@ class Stack:
             cmd += ["-B", "-s", str(self.logs / f"beat-{name}")]
         log = self.logs / f"worker-{name}.log"
         start = log.stat().st_size if log.exists() else 0
-        proc = _spawn(cmd, log, self.env(**env))
+        proc = _spawn([*(prefix or []), *cmd], log, self.env(**env))
 
         def ready() -> bool:
             with log.open("rb") as fh:

@@ -5,7 +5,9 @@ This module runs its own stack, since it stops and restarts the services.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import shutil
 import signal
 import time
 from collections.abc import Iterator
@@ -200,3 +202,75 @@ def test_sweep_expires_old_jobs_and_their_files(fstack: Stack, sample_path: Path
     assert result.expired == [job_id]
     assert store.get(job_id) is None
     assert not (fstack.data_dir / "jobs" / job_id).exists()
+
+
+MEMORY_CGROUPS = Path("/sys/fs/cgroup/memory")
+WORKER_LIMIT_MB = 450
+
+
+@pytest.fixture
+def memory_cgroup() -> Iterator[Path]:
+    """A cgroup-v1 memory limit for a worker (these machines have one)."""
+    group = MEMORY_CGROUPS / f"product-cleaning-test-{os.getpid()}"
+    try:
+        group.mkdir()
+        (group / "memory.limit_in_bytes").write_text(str(WORKER_LIMIT_MB << 20))
+    except OSError as exc:
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"no memory cgroup for the limit test: {exc}")
+        pytest.skip(f"no memory cgroup: {exc}")
+    yield group
+    for pid in (group / "cgroup.procs").read_text().split():
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(int(pid), signal.SIGKILL)
+    time.sleep(0.5)
+    group.rmdir()
+
+
+def test_worker_under_memory_limit_cleans_larger_input(
+    fstack: Stack, memory_cgroup: Path, tmp_path: Path
+) -> None:
+    """Input larger than the worker's whole memory limit: chunking keeps it alive."""
+    words = [
+        "chaise",
+        "table",
+        "bois",
+        "massif",
+        "livraison",
+        "couleur",
+        "noir",
+        "blanc",
+        "qualité",
+        "résistant",
+    ]
+    desc = " ".join(words[i % len(words)] for i in range(900))
+    big = tmp_path / "large.csv"
+    with big.open("w", encoding="utf-8") as fh:
+        fh.write(",designation,description,productid,imageid\n")
+        row = 0
+        while fh.tell() < (WORKER_LIMIT_MB + 100) << 20:
+            fh.writelines(
+                f'{row + i},Produit {row + i},"<p>{desc}</p>",{row + i},1\n' for i in range(1000)
+            )
+            row += 1000
+    source = fstack.data_dir / "raw" / "large.csv"
+    shutil.move(big, source)
+    isolated = {"REDIS_URL": fstack.redis.url.replace("/0", "/1")}  # its own queue
+    enter = ["sh", "-c", f'echo $$ > {memory_cgroup}/cgroup.procs && exec "$@"', "sh"]
+    worker = fstack.start_worker("limited", concurrency=1, prefix=enter, **isolated)
+    proc, base = fstack.start_api(**isolated)
+    try:
+        with httpx.Client(base_url=base, timeout=30) as client:
+            r = client.post("/jobs/clean", json={"source": "raw/large.csv"})
+            assert r.status_code == 202, r.text
+            done = wait_job(client, r.json()["id"], timeout=300)
+        assert done["status"] == "succeeded", done
+        assert done["report"]["rows_out"] == row
+        peak = int((memory_cgroup / "memory.max_usage_in_bytes").read_text()) >> 20
+        assert worker.poll() is None
+        assert peak <= WORKER_LIMIT_MB
+        assert source.stat().st_size >> 20 > WORKER_LIMIT_MB
+    finally:
+        stop(proc)
+        stop(worker)
+        source.unlink(missing_ok=True)
