@@ -26,9 +26,10 @@ from pathlib import Path
 from typing import Any
 
 _OWN_DIR = "PROMETHEUS_MULTIPROC_DIR" not in os.environ
+_OWN_DIR_PREFIX = "cleaning-worker-metrics-"
 if _OWN_DIR:
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(
-        Path(tempfile.gettempdir()) / f"cleaning-worker-metrics-{os.getpid()}"
+        Path(tempfile.gettempdir()) / f"{_OWN_DIR_PREFIX}{os.getpid()}"
     )
 MULTIPROC_DIR = Path(os.environ["PROMETHEUS_MULTIPROC_DIR"])
 MULTIPROC_DIR.mkdir(parents=True, exist_ok=True)
@@ -214,11 +215,21 @@ class Exporter:
 EXPORTER = Exporter()
 
 
+def remove_dead_workers_dirs(parent: Path) -> None:
+    """Default directories of workers that were killed (no shutdown hook ran)."""
+    for directory in parent.glob(f"{_OWN_DIR_PREFIX}*"):
+        suffix = directory.name.removeprefix(_OWN_DIR_PREFIX)
+        if suffix.isdigit() and int(suffix) != os.getpid() and not _pid_alive(int(suffix)):
+            shutil.rmtree(directory, ignore_errors=True)
+
+
 @worker_init.connect
 def _worker_starting(**_: object) -> None:
     removed = remove_stale_files(MULTIPROC_DIR, os.getpid())
     if removed:
         log.info("worker metrics: removed %d files of an earlier worker", removed)
+    if _OWN_DIR:
+        remove_dead_workers_dirs(MULTIPROC_DIR.parent)
     metrics.initialise_worker_series()
 
 

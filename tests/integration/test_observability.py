@@ -21,6 +21,7 @@ import importlib.util
 import math
 import os
 import shutil
+import signal
 import subprocess
 import time
 from collections.abc import Iterator
@@ -109,6 +110,8 @@ class Observed:
     job_ids: list[str]
     failed_id: str
     start: float
+    worker_pid: int
+    worker_metrics: str
 
 
 def _dashboard_targets() -> list[tuple[str, str, dict[str, Any]]]:
@@ -196,7 +199,16 @@ def observed(tmp_path_factory: pytest.TempPathFactory, sample_path: Path) -> Ite
             "Prometheus to see every job finished",
         )
         _wait_scrapes(prom, "ml-worker")
-        yield Observed(stack, prom, api, job_ids, failed.json()["id"], start)
+        yield Observed(
+            stack,
+            prom,
+            api,
+            job_ids,
+            failed.json()["id"],
+            start,
+            worker.pid,
+            f"http://127.0.0.1:{worker_port}/metrics",
+        )
 
 
 def test_jobs_ran_in_several_pool_processes(observed: Observed) -> None:
@@ -313,6 +325,42 @@ def _traffic_for_docs(observed: Observed, sample_path: Path, seconds: float) -> 
     )
     time.sleep(10)  # the rates come back down in the pictures
     _wait_scrapes(observed.prom, "ml-worker")
+
+
+def _children(pid: int) -> set[int]:
+    found = set()
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError):
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            if int(fields[1]) == pid:
+                found.add(int(stat.parent.name))
+    return found
+
+
+def _live_processes(url: str) -> float:
+    for line in httpx.get(url, timeout=5).text.splitlines():
+        if line.startswith("cleaning_worker_processes "):
+            return float(line.split()[1])
+    raise AssertionError("cleaning_worker_processes not exported")
+
+
+def test_a_killed_pool_process_stops_counting(observed: Observed) -> None:
+    """SIGKILL: no shutdown hook runs, yet the dead process leaves the live gauges."""
+    before = _children(observed.worker_pid)
+    assert _live_processes(observed.worker_metrics) == 2
+    victim = max(before)
+    os.kill(victim, signal.SIGKILL)
+    wait_for(
+        lambda: (
+            victim not in _children(observed.worker_pid)
+            and len(_children(observed.worker_pid)) >= len(before)
+        ),
+        30,
+        "Celery to replace the killed pool process",
+    )
+    wait_for(lambda: _live_processes(observed.worker_metrics) == 2, 10, "two live processes")
+    time.sleep(0.5)
+    assert _live_processes(observed.worker_metrics) == 2
 
 
 def test_write_docs(observed: Observed, sample_path: Path) -> None:
