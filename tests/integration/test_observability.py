@@ -344,6 +344,19 @@ def _live_processes(url: str) -> float:
     raise AssertionError("cleaning_worker_processes not exported")
 
 
+def test_write_docs(observed: Observed, sample_path: Path) -> None:
+    """WRITE_DOCS=1: the pictures of docs/dashboards/, from this run's Prometheus data."""
+    if os.environ.get("WRITE_DOCS") != "1":
+        pytest.skip("set WRITE_DOCS=1 to redraw docs/dashboards/*.png")
+    _traffic_for_docs(observed, sample_path, seconds=60)
+    for old in plots.DOCS_DIR.glob("*.png"):
+        old.unlink()
+    written = plots.plot_dashboards(
+        observed.prom.url, observed.start, time.time(), plots.DOCS_DIR, rate_interval="10s"
+    )
+    assert written and all(p.stat().st_size > 10_000 for p in written)
+
+
 def test_a_killed_pool_process_stops_counting(observed: Observed) -> None:
     """SIGKILL: no shutdown hook runs, yet the dead process leaves the live gauges."""
     before = _children(observed.worker_pid)
@@ -361,19 +374,6 @@ def test_a_killed_pool_process_stops_counting(observed: Observed) -> None:
     wait_for(lambda: _live_processes(observed.worker_metrics) == 2, 10, "two live processes")
     time.sleep(0.5)
     assert _live_processes(observed.worker_metrics) == 2
-
-
-def test_write_docs(observed: Observed, sample_path: Path) -> None:
-    """WRITE_DOCS=1: the pictures of docs/dashboards/, from this run's Prometheus data."""
-    if os.environ.get("WRITE_DOCS") != "1":
-        pytest.skip("set WRITE_DOCS=1 to redraw docs/dashboards/*.png")
-    _traffic_for_docs(observed, sample_path, seconds=60)
-    for old in plots.DOCS_DIR.glob("*.png"):
-        old.unlink()
-    written = plots.plot_dashboards(
-        observed.prom.url, observed.start, time.time(), plots.DOCS_DIR, rate_interval="10s"
-    )
-    assert written and all(p.stat().st_size > 10_000 for p in written)
 
 
 # ---------------------------------------------------------------- config, no services
