@@ -20,6 +20,7 @@ import copy
 import importlib.util
 import math
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -427,3 +428,32 @@ def test_production_config_is_valid(tmp_path: Path) -> None:
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "SUCCESS: 6 rules found" in result.stdout
+
+
+def test_compose_monitoring_services() -> None:
+    """Pinned images, health checks, the guide's ports, secrets only from the environment,
+    and mounts where the configs expect their files."""
+    compose = yaml.safe_load((ROOT / "docker-compose-monitoring.yml").read_text())
+    services = compose["services"]
+    for name, service in services.items():
+        image, _, tag = service["image"].rpartition(":")
+        assert image and re.fullmatch(r"v?\d+\.\d+\.\d+", tag), (name, service["image"])
+        assert service["healthcheck"]["test"], name
+        assert "mlops-network" in service["networks"], name
+    assert services["prometheus"]["ports"] == ["127.0.0.1:${PROMETHEUS_PORT:-9090}:9090"]
+    assert services["grafana"]["ports"] == ["127.0.0.1:${GRAFANA_PORT:-3000}:3000"]
+    assert services["flower"]["profiles"] == ["debug"]
+    grafana_env = services["grafana"]["environment"]
+    assert grafana_env["GF_SECURITY_ADMIN_PASSWORD"].startswith("${GRAFANA_ADMIN_PASSWORD:?")
+    assert services["flower"]["environment"]["FLOWER_BASIC_AUTH"] == "${FLOWER_BASIC_AUTH:-}"
+    mounts = {
+        target: source
+        for service in services.values()
+        for source, target, *_ in (v.split(":") for v in service.get("volumes", []))
+    }
+    assert mounts["/etc/prometheus/prometheus.yml"] == "./docker/prometheus/prometheus.yml"
+    assert mounts["/etc/prometheus/rules"] == "./docker/prometheus/rules"
+    assert mounts["/etc/grafana/provisioning"] == "./docker/grafana/provisioning"
+    assert mounts["/etc/grafana/dashboards"] == "./docker/grafana/dashboards"
+    home = grafana_env["GF_DASHBOARDS_DEFAULT_HOME_DASHBOARD_PATH"]
+    assert (GRAFANA_DIR / "dashboards" / Path(home).name).exists()
