@@ -6,11 +6,13 @@ when CI=true: CI never passes without running the integration suite.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import NoReturn
 
 import httpx
 import pytest
@@ -26,15 +28,26 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             item.add_marker(pytest.mark.integration)
 
 
-@pytest.fixture(scope="session")
-def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+def unavailable(what: str, exc: Exception) -> NoReturn:
+    """Skip on a developer machine; fail in CI, where every service must be there."""
+    if os.environ.get("CI") == "true":
+        pytest.fail(f"{what} unavailable in CI: {exc}")
+    pytest.skip(f"{what} unavailable: {exc}")
+
+
+@contextlib.contextmanager
+def stack_or_skip(workdir: Path, **env: str) -> Iterator[Stack]:
     try:
-        with running_stack(tmp_path_factory.mktemp("stack")) as s:
+        with running_stack(workdir, **env) as s:
             yield s
     except ServiceUnavailable as exc:
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"integration services unavailable in CI: {exc}")
-        pytest.skip(str(exc))
+        unavailable("integration services", exc)
+
+
+@pytest.fixture(scope="session")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    with stack_or_skip(tmp_path_factory.mktemp("stack")) as s:
+        yield s
 
 
 @pytest.fixture(scope="session")

@@ -23,21 +23,15 @@ from src.data.pipeline import clean_file
 from src.jobs import runner
 from src.jobs.model import new_job_doc, new_job_id
 from src.jobs.store import JobStore
-from tests.integration.conftest import upload, wait_job
-from tests.services import ServiceUnavailable, Stack, running_stack, stop, wait_for
+from tests.integration.conftest import stack_or_skip, unavailable, upload, wait_job
+from tests.services import Stack, stop, wait_for
 
 
 @pytest.fixture(scope="module")
 def fstack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    try:
-        with running_stack(
-            tmp_path_factory.mktemp("faults"), MONGO_DB="faults", REQUEUE_QUEUED_AFTER_SECONDS="5"
-        ) as s:
-            yield s
-    except ServiceUnavailable as exc:
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"integration services unavailable in CI: {exc}")
-        pytest.skip(str(exc))
+    workdir = tmp_path_factory.mktemp("faults")
+    with stack_or_skip(workdir, MONGO_DB="faults", REQUEUE_QUEUED_AFTER_SECONDS="5") as s:
+        yield s
 
 
 @pytest.fixture(scope="module")
@@ -64,15 +58,6 @@ def settings_for(stack: Stack) -> Settings:
 def job_dirs(stack: Stack) -> set[str]:
     root = stack.data_dir / "jobs"
     return {p.name for p in root.iterdir()} if root.exists() else set()
-
-
-def tiled(sample: Path, target: Path, times: int) -> Path:
-    lines = sample.read_text(encoding="utf-8").splitlines(keepends=True)
-    with target.open("w", encoding="utf-8") as fh:
-        fh.write(lines[0])
-        for _ in range(times):
-            fh.writelines(lines[1:])
-    return target
 
 
 def test_broker_down_gives_503_and_no_orphan(
@@ -242,9 +227,7 @@ def memory_cgroup() -> Iterator[Path]:
         group.mkdir()
         (group / "memory.limit_in_bytes").write_text(str(WORKER_LIMIT_MB << 20))
     except OSError as exc:
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"no memory cgroup for the limit test: {exc}")
-        pytest.skip(f"no memory cgroup: {exc}")
+        unavailable("a memory cgroup for the limit test", exc)
     yield group
     for pid in (group / "cgroup.procs").read_text().split():
         with contextlib.suppress(ProcessLookupError):

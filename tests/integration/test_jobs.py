@@ -14,6 +14,7 @@ from typing import ClassVar
 import httpx
 import pytest
 
+from benchmarks import kill_trials
 from tests.integration.conftest import upload, wait_job
 from tests.services import VENV_BIN, Stack, stop
 
@@ -158,12 +159,7 @@ def test_list_newest_first_with_cursor(api: httpx.Client, sample_path: Path) -> 
 def test_cancel_running_job_at_chunk_boundary(
     api: httpx.Client, sample_path: Path, tmp_path: Path
 ) -> None:
-    big = tmp_path / "big.csv"
-    lines = sample_path.read_text(encoding="utf-8").splitlines(keepends=True)
-    with big.open("w", encoding="utf-8") as fh:
-        fh.write(lines[0])
-        for _ in range(60):
-            fh.writelines(lines[1:])
+    big = kill_trials.make_input(tmp_path / "big.csv", times=60)
     r = upload(api, big, '{"chunk_rows": 200}')
     job_id = r.json()["id"]
     wait_job(api, job_id, lambda j: j["progress"]["rows_done"] > 0, timeout=60)
