@@ -4,7 +4,7 @@ SHELL := /bin/bash
 UV_VERSION := 0.13.8
 UV := $(shell command -v uv >/dev/null 2>&1 && echo uv || echo python3 -m uv)
 
-.PHONY: setup sample test lint format bench run
+.PHONY: setup sample test lint format bench run e2e-docker
 
 setup:
 	@command -v uv >/dev/null 2>&1 || python3 -m uv --version >/dev/null 2>&1 \
@@ -35,3 +35,8 @@ bench: setup
 run: setup
 	mkdir -p data/raw data/cleaned
 	$(UV) run honcho start
+
+# Build every image from docker/*/Dockerfile and run them (ETL image, composed job
+# service) on a private Docker engine; see scripts/e2e-docker.sh. Needs root.
+e2e-docker: setup
+	UV="$(UV)" bash scripts/e2e-docker.sh

