@@ -6,8 +6,8 @@ RUN apt-get update \
     && apt-get install -y --no-install-recommends redis-server \
     && rm -rf /var/lib/apt/lists/* \
     && mkdir -p /data \
-    && chown redis:redis /data
+    && chown 1000:1000 /data
 WORKDIR /data
-USER redis
+USER 1000
 EXPOSE 6379
 CMD ["redis-server"]
