@@ -118,6 +118,7 @@ cleanup() {
     for _ in $(seq 1 60); do kill -0 "$DOCKERD_PID" 2>/dev/null || break; sleep 0.5; done
     kill -0 "$DOCKERD_PID" 2>/dev/null && kill -KILL "$DOCKERD_PID"
     wait "$DOCKERD_PID" 2>/dev/null
+    [ "$CACHE_DIR" = none ] || rm -f "$CACHE_DIR/dockerd.pid"
   fi
   unmount_under "$WORK"
   unmount_under "$DATA_ROOT"
@@ -132,12 +133,29 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
+stop_stale_dockerd() { # a dockerd of an earlier run that was killed (SIGKILL, reboot...)
+  local pidfile=$CACHE_DIR/dockerd.pid old cmdline
+  [ "$CACHE_DIR" != none ] && [ -s "$pidfile" ] || return 0
+  old=$(cat "$pidfile")
+  cmdline=$(tr '\0' ' ' <"/proc/$old/cmdline" 2>/dev/null || true)
+  if [[ "$cmdline" == *"dockerd --data-root $DATA_ROOT "* ]]; then
+    log "stopping the dockerd a killed earlier run left on the cache (pid $old)"
+    kill -TERM "$old" 2>/dev/null || true
+    for _ in $(seq 1 60); do kill -0 "$old" 2>/dev/null || break; sleep 0.5; done
+    kill -KILL "$old" 2>/dev/null || true
+    unmount_under "$DATA_ROOT"
+  fi
+  rm -f "$pidfile"
+}
+
 start_dockerd() {
   mkdir -p "$DATA_ROOT" "$WORK/exec"
+  # 9>&-: the cache lock stays with this script, not with dockerd.
   dockerd --data-root "$DATA_ROOT" --exec-root "$WORK/exec" --pidfile "$WORK/dockerd.pid" \
     -H "$DOCKER_HOST" --storage-driver=overlay2 --iptables=false --ip6tables=false \
-    --bridge=none --default-address-pool "base=$POOL,size=24" >>"$WORK/dockerd.log" 2>&1 &
+    --bridge=none --default-address-pool "base=$POOL,size=24" >>"$WORK/dockerd.log" 2>&1 9>&- &
   DOCKERD_PID=$!
+  [ "$CACHE_DIR" = none ] || echo "$DOCKERD_PID" >"$CACHE_DIR/dockerd.pid"
   for _ in $(seq 1 120); do
     "$DOCKER" version >/dev/null 2>&1 && return 0
     kill -0 "$DOCKERD_PID" 2>/dev/null || break
@@ -145,6 +163,7 @@ start_dockerd() {
   done
   return 1
 }
+stop_stale_dockerd
 if ! start_dockerd; then
   [ "$CACHE_DIR" != none ] || die "dockerd did not start"
   log "dockerd did not start on the cached data root: starting afresh"
