@@ -14,11 +14,12 @@ from src.core.config import Settings
 from src.jobs.store import AsyncJobStore
 
 
-def get_settings_dep(request: Request) -> Settings:
+# async: a plain `def` dependency would hop to the thread pool on every request.
+async def get_settings_dep(request: Request) -> Settings:
     return request.app.state.settings
 
 
-def get_store(request: Request) -> AsyncJobStore:
+async def get_store(request: Request) -> AsyncJobStore:
     return request.app.state.store
 
 

@@ -17,13 +17,17 @@ Update = dict[str, Any]
 QUEUED, RUNNING = JobStatus.QUEUED.value, JobStatus.RUNNING.value
 
 
-def claim_queued(job_id: str) -> Filter:
-    return {"_id": job_id, "status": QUEUED}
+def claim_queued(job_id: str, cap: int) -> Filter:
+    """A queued job with attempts left."""
+    return {"_id": job_id, "status": QUEUED, "attempts": {"$lt": cap}}
 
 
-def claim_stale(job_id: str, stale_before: float) -> Filter:
-    """A running job whose worker stopped its heartbeat (it died)."""
-    return {"_id": job_id, "status": RUNNING, "heartbeat_ts": {"$lt": stale_before}}
+def claim_stale(job_id: str, stale_before: float, cap: int | None = None) -> Filter:
+    """A running job whose worker stopped its heartbeat (it died); with attempts left if `cap`."""
+    found: Filter = {"_id": job_id, "status": RUNNING, "heartbeat_ts": {"$lt": stale_before}}
+    if cap is not None:
+        found["attempts"] = {"$lt": cap}
+    return found
 
 
 def exhausted_queued(job_id: str, cap: int) -> Filter:

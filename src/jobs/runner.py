@@ -23,7 +23,7 @@ from src.data.io import InputError
 from src.data.options import CleaningOptions
 from src.data.pipeline import Progress, clean_file
 from src.jobs import rules
-from src.jobs.model import TERMINAL, Job, JobStatus
+from src.jobs.model import Job, JobStatus
 from src.jobs.store import JobStore
 
 log = logging.getLogger(__name__)
@@ -94,30 +94,28 @@ def run_job(
 ) -> Outcome:
     """Claim the job, clean its input chunk by chunk, and end it with a terminal status."""
     events = events or JobEvents()
-    doc = store.get(job_id)
-    if doc is None or JobStatus(doc["status"]) in TERMINAL:
-        log.info("job %s: nothing to do (%s)", job_id, "unknown" if doc is None else doc["status"])
-        return Outcome.GONE
     stale_before = time.time() - settings.stale_after_seconds
     cap = settings.max_attempts
-    reason = (
-        f"the worker running this job was lost {cap} times (redelivery cap {cap}); "
-        "the input may crash the cleaner or exceed the worker's memory"
-    )
-    for expected in (
-        rules.exhausted_queued(job_id, cap),
-        rules.exhausted_stale(job_id, cap, stale_before),
-    ):
-        if finished := store.finish(job_id, expected, JobStatus.FAILED, error=reason):
-            log.error("job %s failed: %s", job_id, reason)
-            _finished(events, finished)
-            return Outcome.DONE
-
-    claimed = store.claim(job_id, worker, stale_before)
+    # The common case costs one round trip: the claim. The rest runs when it misses.
+    claimed = store.claim(job_id, worker, stale_before, cap)
     if claimed is None:
+        reason = (
+            f"the worker running this job was lost {cap} times (redelivery cap {cap}); "
+            "the input may crash the cleaner or exceed the worker's memory"
+        )
+        for expected in (
+            rules.exhausted_queued(job_id, cap),
+            rules.exhausted_stale(job_id, cap, stale_before),
+        ):
+            if finished := store.finish(job_id, expected, JobStatus.FAILED, error=reason):
+                log.error("job %s failed: %s", job_id, reason)
+                _finished(events, finished)
+                return Outcome.DONE
         doc = store.get(job_id)
         if doc is not None and doc["status"] == JobStatus.RUNNING.value:
             return Outcome.BUSY
+        state = "unknown" if doc is None else doc["status"]
+        log.info("job %s: nothing to do (%s)", job_id, state)
         return Outcome.GONE
     log.info("job %s: claimed by %s (attempt %s)", job_id, worker, claimed["attempts"])
     _notify(events.claimed, claimed)

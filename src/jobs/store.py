@@ -125,15 +125,17 @@ class JobStore:
     def get(self, job_id: str) -> dict[str, Any] | None:
         return self.jobs.find_one({"_id": job_id})
 
-    def claim(self, job_id: str, worker: str, stale_before: float) -> dict[str, Any] | None:
-        """queued → running, or take over a running job whose worker died."""
+    def claim(
+        self, job_id: str, worker: str, stale_before: float, cap: int
+    ) -> dict[str, Any] | None:
+        """queued → running, or take over a running job whose worker died; attempts < cap."""
         update = rules.claim_update(time.time(), worker)
         doc = self.jobs.find_one_and_update(
-            rules.claim_queued(job_id), update, return_document=AFTER
+            rules.claim_queued(job_id, cap), update, return_document=AFTER
         )
         if doc is None:
             doc = self.jobs.find_one_and_update(
-                rules.claim_stale(job_id, stale_before), update, return_document=AFTER
+                rules.claim_stale(job_id, stale_before, cap), update, return_document=AFTER
             )
         return doc
 
