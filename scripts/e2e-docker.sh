@@ -21,10 +21,12 @@
 # Safe to cache between runs on one machine (E2E_DOCKER_CACHE, default
 # /var/cache/product-cleaning-docker): the debootstrap root as a tarball, the uv binary,
 # and the dockerd data root (images, build cache, uv's download cache). A concurrent run
-# finds the cache locked and works without it. E2E_DOCKER_CACHE=none: no cache at all.
+# finds the cache locked and works without it. E2E_DOCKER_CACHE=none: no cache at all;
+# delete the folder to start cold.
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+SELF="$ROOT/scripts/$(basename "${BASH_SOURCE[0]}")"
 cd "$ROOT"
 HERE="$ROOT/scripts/e2e-docker"
 CACHE_DIR=${E2E_DOCKER_CACHE:-/var/cache/product-cleaning-docker}
@@ -39,6 +41,20 @@ WORKER_LIMIT_MB=${E2E_WORKER_LIMIT_MB:-480}
 ETL_LIMIT_MB=${E2E_ETL_LIMIT_MB:-450}
 
 DOCKER=/usr/bin/docker # Debian's client: it has BuildKit; others on PATH may lack buildx
+
+# One run at a time on the cache: this script runs again under `flock -o`, so the lock
+# belongs to flock alone (never to dockerd or a container left behind by a killed run)
+# and is released when the run ends, however it ends. A run that finds the cache in use
+# works without it.
+if [ "${E2E_DOCKER_INNER:-}" != 1 ]; then
+  if [ "$CACHE_DIR" != none ] && mkdir -p "$CACHE_DIR" 2>/dev/null; then
+    rc=0
+    E2E_DOCKER_INNER=1 flock -n -o -E 75 "$CACHE_DIR/lock" bash "$SELF" "$@" || rc=$?
+    [ "$rc" = 75 ] || exit "$rc"
+    echo "[e2e-docker] cache $CACHE_DIR in use by another run: working without it"
+  fi
+  E2E_DOCKER_INNER=1 E2E_DOCKER_CACHE=none exec bash "$SELF" "$@"
+fi
 START=$(date +%s)
 PASSED=0
 
@@ -73,14 +89,12 @@ VENV_PY="$ROOT/.venv/bin/python"
 WORK=$(mktemp -d /tmp/e2e-docker.XXXXXX) # short: unix socket paths are limited to 107 bytes
 DOCKERD_PID=""
 COMPOSE_UP=""
-DATA_ROOT="$WORK/data-root"
-POOL=172.29.0.0/16
-if [ "$CACHE_DIR" != none ] && mkdir -p "$CACHE_DIR" && exec 9>"$CACHE_DIR/lock" && flock -n 9; then
+if [ "$CACHE_DIR" != none ]; then
   DATA_ROOT="$CACHE_DIR/data-root"
+  POOL=172.29.0.0/16
 else
-  log "cache ${CACHE_DIR} unavailable or in use by another run: working without it"
-  CACHE_DIR=none
-  POOL=172.30.0.0/16 # another daemon may hold the first pool's subnets
+  DATA_ROOT="$WORK/data-root"
+  POOL=172.30.0.0/16 # a concurrent run on the cache holds the first pool's subnets
 fi
 
 export DOCKER_HOST="unix://$WORK/docker.sock"
@@ -144,16 +158,18 @@ stop_stale_dockerd() { # a dockerd of an earlier run that was killed (SIGKILL, r
     for _ in $(seq 1 60); do kill -0 "$old" 2>/dev/null || break; sleep 0.5; done
     kill -KILL "$old" 2>/dev/null || true
     unmount_under "$DATA_ROOT"
+    local work=${cmdline#*--exec-root }
+    work=$(dirname "${work%% *}")
+    if [[ "$work" == /tmp/e2e-docker.* ]]; then unmount_under "$work" && rm -rf "$work"; fi
   fi
   rm -f "$pidfile"
 }
 
 start_dockerd() {
   mkdir -p "$DATA_ROOT" "$WORK/exec"
-  # 9>&-: the cache lock stays with this script, not with dockerd.
   dockerd --data-root "$DATA_ROOT" --exec-root "$WORK/exec" --pidfile "$WORK/dockerd.pid" \
     -H "$DOCKER_HOST" --storage-driver=overlay2 --iptables=false --ip6tables=false \
-    --bridge=none --default-address-pool "base=$POOL,size=24" >>"$WORK/dockerd.log" 2>&1 9>&- &
+    --bridge=none --default-address-pool "base=$POOL,size=24" >>"$WORK/dockerd.log" 2>&1 &
   DOCKERD_PID=$!
   [ "$CACHE_DIR" = none ] || echo "$DOCKERD_PID" >"$CACHE_DIR/dockerd.pid"
   for _ in $(seq 1 120); do
@@ -174,6 +190,12 @@ if ! start_dockerd; then
   start_dockerd || die "dockerd did not start"
 fi
 log "dockerd $("$DOCKER" version -f '{{.Server.Version}}') running (pid $DOCKERD_PID, data root $DATA_ROOT)"
+# Containers, networks and volumes a killed earlier run left in the cached data root
+# (images and the build cache stay). This daemon is this script's own.
+mapfile -t leftovers < <("$DOCKER" ps -aq)
+[ "${#leftovers[@]}" = 0 ] || "$DOCKER" rm -f -v "${leftovers[@]}" >/dev/null
+"$DOCKER" network prune -f >/dev/null
+"$DOCKER" volume prune -f >/dev/null
 
 # --- 2. stand-ins for the base images --------------------------------------------------
 PYTHON_IMAGE=e2e-local/python:3.11-slim-$SUITE
