@@ -282,29 +282,50 @@ image_exists "$UV_IMAGE" || make_uv_image
 log "base stand-ins: $PYTHON_IMAGE, $UV_IMAGE"
 
 # --- 3. build --------------------------------------------------------------------------
-build() { # build NAME DOCKERFILE CONTEXT [ARGS...]: the log is shown only on failure
-  local name=$1 dockerfile=$2 context=$3 t0
+# All at once: they share their first steps (BuildKit runs a common step once) and
+# overlap their downloads; a log is shown only when its build fails.
+BUILD_PIDS=()
+BUILD_NAMES=()
+build() { # build NAME DOCKERFILE CONTEXT [ARGS...], in the background
+  local name=$1 dockerfile=$2 context=$3 log
   shift 3
-  t0=$(date +%s)
-  if ! "$DOCKER" build --network host --progress plain \
-    --secret "id=ca-certificates,src=$CA_BUNDLE" "$@" \
-    -f "$dockerfile" -t "$name" "$context" >"$WORK/build.log" 2>&1; then
-    tail -n 60 "$WORK/build.log"
-    die "docker build $name"
-  fi
-  pass "built $name in $(($(date +%s) - t0))s"
+  log="$WORK/build-${#BUILD_NAMES[@]}.log"
+  (
+    t0=$(date +%s)
+    rc=0
+    "$DOCKER" build --network host --progress plain \
+      --secret "id=ca-certificates,src=$CA_BUNDLE" "$@" \
+      -f "$dockerfile" -t "$name" "$context" >"$log" 2>&1 || rc=$?
+    echo "$rc $(($(date +%s) - t0))" >"$log.status"
+  ) &
+  BUILD_PIDS+=("$!")
+  BUILD_NAMES+=("$name")
 }
 BASE_ARGS=(--build-arg "PYTHON_IMAGE=$PYTHON_IMAGE" --build-arg "UV_IMAGE=$UV_IMAGE")
+NX_VERSION=$(sed -n '/^name = "nx-27017"$/{n;s/^version = "\(.*\)"$/\1/p}' "$ROOT/uv.lock")
+[ -n "$NX_VERSION" ] || die "no nx-27017 version in uv.lock"
+t0=$(date +%s)
 build mlops-rakuten/api:latest "$ROOT/docker/api/Dockerfile" "$ROOT" "${BASE_ARGS[@]}"
 build mlops-rakuten/ml-worker:latest "$ROOT/docker/worker/Dockerfile" "$ROOT" "${BASE_ARGS[@]}"
 build mlops-rakuten/clean-data:latest "$ROOT/docker/clean_data/Dockerfile" "$ROOT" "${BASE_ARGS[@]}"
-NX_VERSION=$(sed -n '/^name = "nx-27017"$/{n;s/^version = "\(.*\)"$/\1/p}' "$ROOT/uv.lock")
-[ -n "$NX_VERSION" ] || die "no nx-27017 version in uv.lock"
 build mlops-rakuten-ci/redis:latest "$HERE/redis.Dockerfile" "$HERE" \
   --build-arg "BASE_IMAGE=$PYTHON_IMAGE"
 build mlops-rakuten-ci/store:latest "$HERE/store.Dockerfile" "$HERE" \
   --build-arg "BASE_IMAGE=$PYTHON_IMAGE" --build-arg "UV_IMAGE=$UV_IMAGE" \
   --build-arg "NX_VERSION=$NX_VERSION"
+wait "${BUILD_PIDS[@]}"
+failed=""
+for i in "${!BUILD_NAMES[@]}"; do
+  read -r rc seconds <"$WORK/build-$i.log.status"
+  if [ "$rc" = 0 ]; then
+    pass "built ${BUILD_NAMES[$i]} (${seconds}s)"
+  else
+    tail -n 60 "$WORK/build-$i.log"
+    failed="$failed ${BUILD_NAMES[$i]}"
+  fi
+done
+[ -z "$failed" ] || die "docker build:$failed"
+log "images built in $(($(date +%s) - t0))s"
 
 # What the images must not hold.
 # shellcheck disable=SC2016 # the single-quoted script runs in the container
