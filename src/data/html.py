@@ -7,7 +7,9 @@ back-references; the end of text is written with a z escape).
 from __future__ import annotations
 
 import html
+import html.entities
 import re
+from functools import lru_cache
 
 # Tags whose boundaries separate words: they become a space, so
 # `<li>a</li><li>b</li>` reads "a b" and never "ab".
@@ -94,3 +96,22 @@ def unescape_nested(text: str) -> str:
             break
         out = again
     return out
+
+
+# What the vectorised decoder may leave for the exact Python path: an '&' that
+# could still start an entity (legacy names without ';', other code points, &amp;x).
+UNDECODED_PATTERN = "&[A-Za-z0-9#]"
+SPLIT_AMP_PATTERN = r"&\s+amp;"
+
+
+@lru_cache(maxsize=1)
+def entity_table() -> tuple[list[str], list[str]]:
+    """Complete entities (';'-terminated) and what `html.unescape` makes of each.
+
+    Named HTML5 entities plus the numeric forms of Latin-1 and general punctuation:
+    the entities product text uses. Anything else goes to the Python path.
+    """
+    keys = [f"&{name}" for name in html.entities.html5 if name.endswith(";")]
+    keys += [f"&#{i};" for i in (*range(256), *range(0x2000, 0x2140))]
+    keys += [f"&#x{i:x};" for i in range(256)]
+    return keys, [html.unescape(k) for k in keys]

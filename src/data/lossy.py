@@ -39,7 +39,7 @@ ACCENTED = "éèêëàâäîïôöùûüçÿ"
 _VOWEL_OR_H = frozenset("aeiouyhéèêëàâäîïôöùûüœæ")
 # A token holding at least one '¿'; 'â¿¿' is a lost three-byte character
 # (typically the typographic apostrophe U+2019 whose last two bytes were lost).
-_TOKEN = re.compile(r"[\w¿]*¿[\w¿]*")
+_TOKEN = re.compile(r"(?<![\w¿])[\w¿]*¿[\w¿]*")  # anchored at a word start: scans less
 _GAP = re.compile(r"â¿¿|¿¿|¿")
 _MAX_COMBINATIONS = 512
 # Several candidates are French words: the repair is still certain when one of
@@ -84,9 +84,14 @@ def _with_case(letter: str, before: str, after: str) -> str:
     return letter
 
 
-def repair_token(token: str, words: WordFrequencies | None = None) -> str | None:
-    """The one certain repair of `token`, or None when there is none or several."""
-    words = french_words() if words is None else words
+@lru_cache(maxsize=65_536)
+def repair_token(token: str) -> str | None:
+    """The one certain repair of `token`, or None when there is none or several.
+
+    Cached: tokens repeat a lot (the same broken words across a catalogue) and
+    trying every letter for every gap costs milliseconds on long ones.
+    """
+    words = french_words()
     gaps = list(_GAP.finditer(token))
     options = [_candidates(g.group()) for g in gaps]
     total = 1

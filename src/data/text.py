@@ -16,7 +16,10 @@ from src.data.html import (
     BLOCK_PATTERN,
     DROP_PATTERNS,
     HAS_TAG_PATTERN,
+    SPLIT_AMP_PATTERN,
     TAG_PATTERN,
+    UNDECODED_PATTERN,
+    entity_table,
     unescape_entities,
 )
 from src.data.lossy import LOSSY, repair_lossy
@@ -99,6 +102,34 @@ def _apply(values: pl.Series, mask: pl.Series, func) -> tuple[pl.Series, int]:
     return values.clone().scatter(idx, patch), changed
 
 
+def unescape_column(values: pl.Series) -> tuple[pl.Series, int]:
+    """`unescape_entities` over a column, the same result, mostly without Python.
+
+    Complete entities are decoded by a table (Aho-Corasick in polars) pass after
+    pass, as `unescape_nested` does; a value where an '&' could still start an
+    entity is decoded again from its original text by the exact Python function.
+    """
+    has_amp = values.str.contains("&", literal=True)
+    if not has_amp.any():
+        return values, 0
+    keys, decoded = entity_table()
+    before = values.filter(has_amp)
+    out = before.str.replace_many(keys, decoded)
+    for _ in range(3):
+        again = out.str.replace_all(SPLIT_AMP_PATTERN, "&").str.replace_many(keys, decoded)
+        if again.equals(out):
+            break
+        out = again
+    slow = out.str.contains(UNDECODED_PATTERN)
+    if slow.any():
+        exact = [unescape_entities(v) for v in before.filter(slow).to_list()]
+        out = out.clone().scatter(slow.arg_true(), pl.Series(out.name, exact, dtype=pl.String))
+    changed = int((out != before).sum())
+    if not changed:
+        return values, 0
+    return values.clone().scatter(has_amp.arg_true(), out), changed
+
+
 def clean_series(raw: pl.Series, options: CleaningOptions) -> tuple[pl.Series, ColumnCounts]:
     """Clean one text column; nulls are treated as empty strings."""
     s = raw.cast(pl.String).fill_null("")
@@ -114,9 +145,7 @@ def clean_series(raw: pl.Series, options: CleaningOptions) -> tuple[pl.Series, C
             s = s.str.replace_all(BLOCK_PATTERN, " ").str.replace_all(TAG_PATTERN, "")
 
     if options.unescape_entities:
-        s, counts.entities_unescaped = _apply(
-            s, s.str.contains("&", literal=True), unescape_entities
-        )
+        s, counts.entities_unescaped = unescape_column(s)
 
     if options.fix_mojibake:
         s, counts.mojibake_fixed = _apply(s, s.str.contains(MOJIBAKE_PATTERN), fix_mojibake)
