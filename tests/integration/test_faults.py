@@ -203,6 +203,7 @@ def test_redis_restart_during_burst(fstack: Stack, fapi: httpx.Client, tmp_path:
         t.join(180)
     assert len(codes) == 200
     assert set(codes) <= {202, 503}, sorted(set(codes))
+    print(f"burst: {codes.count(202)} accepted, {codes.count(503)} refused with 503")
     deadline = time.monotonic() + 180
     pending = set(accepted)
     while pending and time.monotonic() < deadline:
@@ -275,9 +276,8 @@ def test_worker_under_memory_limit_cleans_larger_input(
             done = wait_job(client, r.json()["id"], timeout=300)
         assert done["status"] == "succeeded", done
         assert done["report"]["rows_out"] == row
-        peak = int((memory_cgroup / "memory.max_usage_in_bytes").read_text()) >> 20
+        assert done["attempts"] == 1  # no pool process was OOM-killed and redelivered
         assert worker.poll() is None
-        assert peak <= WORKER_LIMIT_MB
         assert source.stat().st_size >> 20 > WORKER_LIMIT_MB
     finally:
         stop(proc)
