@@ -16,6 +16,7 @@ from src.api.routes import health, jobs
 from src.core.config import Settings, get_settings
 from src.core.logging import setup_logging
 from src.jobs.store import AsyncJobStore
+from src.worker.celery_app import warm_up
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +51,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         store = AsyncJobStore(settings)
         app.state.store = store
         indexes = asyncio.create_task(_ensure_indexes(store))
+        warm = asyncio.create_task(asyncio.to_thread(warm_up))
         yield
+        warm.cancel()
         indexes.cancel()
         await store.close()
         state.close()
