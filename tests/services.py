@@ -215,6 +215,7 @@ class Stack:
         concurrency: int = 2,
         beat: bool = False,
         prefix: list[str] | None = None,
+        queues: str = "cleaning",
         **env: str,
     ) -> subprocess.Popen:
         """A Celery worker; `prefix` wraps the command (e.g. to enter a memory cgroup)."""
@@ -224,7 +225,7 @@ class Stack:
             "src.worker.celery_app",
             "worker",
             "-Q",
-            "cleaning",
+            queues,
             "-c",
             str(concurrency),
             "--pool",

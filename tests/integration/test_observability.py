@@ -23,6 +23,7 @@ import os
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import time
 from collections.abc import Iterator
@@ -34,6 +35,7 @@ from typing import Any
 import httpx
 import pytest
 import yaml
+from celery import Celery
 from pymongo import MongoClient
 
 from tests.integration.conftest import TERMINAL, upload
@@ -179,13 +181,25 @@ def observed(tmp_path_factory: pytest.TempPathFactory, sample_path: Path) -> Ite
             "Prometheus to see the queued jobs",
         )
 
+        # The worker listens on an idle queue until Prometheus has scraped it: a job that
+        # ended before the first scrape would be no increase to rate() (Prometheus counts
+        # a counter's rises only once it has seen the series).
         worker = stack.start_worker(
             "observed",
             concurrency=2,
+            queues="observability-hold",
             WORKER_METRICS_PORT=str(worker_port),
             WORKER_METRICS_ADDR="127.0.0.1",
         )
         cleanup.callback(stop, worker)
+        wait_for(lambda: prom.value('up{job="ml-worker"}') == 1, 30, "first scrape of the worker")
+        _wait_scrapes(prom, "ml-worker")
+        control = Celery(broker=stack.redis.url)
+        replies = control.control.add_consumer(
+            "cleaning", destination=[f"observed@{socket.gethostname()}"], reply=True, timeout=10
+        )
+        control.close()
+        assert replies, "the worker did not start consuming the cleaning queue"
 
         def all_done() -> bool:
             return all(api.get(f"/jobs/{i}").json()["status"] in TERMINAL for i in job_ids)
