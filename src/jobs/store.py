@@ -40,8 +40,9 @@ class AsyncJobStore:
     """The API's view of the jobs collection."""
 
     def __init__(self, settings: Settings) -> None:
+        # A few connections kept open: concurrent first requests need not each pay a handshake.
         self.client: AsyncMongoClient = AsyncMongoClient(
-            settings.mongo_url, **_client_kwargs(settings)
+            settings.mongo_url, minPoolSize=4, **_client_kwargs(settings)
         )
         self.jobs = self.client[settings.mongo_db][COLLECTION]
 
