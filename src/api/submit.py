@@ -30,7 +30,14 @@ from src.worker.celery_app import send_clean
 
 log = logging.getLogger(__name__)
 
-ACCEPTED_SUFFIXES = {".csv": ".csv", ".txt": ".csv", ".parquet": ".parquet", ".pq": ".parquet"}
+ACCEPTED_SUFFIXES = {
+    ".csv": ".csv",
+    ".txt": ".csv",
+    ".parquet": ".parquet",
+    ".pq": ".parquet",
+    ".jsonl": ".jsonl",
+    ".ndjson": ".jsonl",
+}
 COPY_CHUNK = 1 << 20
 
 
@@ -47,7 +54,8 @@ def upload_suffix(filename: str | None) -> str:
     suffix = PurePath(filename or "").suffix.lower()
     if suffix not in ACCEPTED_SUFFIXES:
         raise ApiError(
-            415, f"unsupported file type {suffix or '(none)'!r}: send a .csv or .parquet file"
+            415,
+            f"unsupported file type {suffix or '(none)'!r}: send a .csv, .parquet or .jsonl file",
         )
     return ACCEPTED_SUFFIXES[suffix]
 

@@ -26,6 +26,7 @@ SNIFF_BYTES = 1 << 20
 MAX_COLUMNS = 1024
 CSV_SUFFIXES = {".csv", ".txt"}
 PARQUET_SUFFIXES = {".parquet", ".pq"}
+JSONL_SUFFIXES = {".jsonl", ".ndjson"}
 
 
 class InputError(ValueError):
@@ -33,8 +34,11 @@ class InputError(ValueError):
 
 
 def input_format(path: Path) -> str:
-    """'parquet' for Parquet files, else 'csv' (the common case, sniffed later)."""
-    return "parquet" if path.suffix.lower() in PARQUET_SUFFIXES else "csv"
+    """'parquet', 'jsonl' or else 'csv' (the common case, sniffed later), by suffix."""
+    suffix = path.suffix.lower()
+    if suffix in PARQUET_SUFFIXES:
+        return "parquet"
+    return "jsonl" if suffix in JSONL_SUFFIXES else "csv"
 
 
 def output_format(path: Path, requested: str | None) -> str:
@@ -190,6 +194,35 @@ def iter_parquet(
         assert isinstance(frame, pl.DataFrame)
         done += frame.height
         yield frame, size * done // total
+
+
+def iter_jsonl(
+    path: Path, options: CleaningOptions, meta: dict[str, str]
+) -> Iterator[tuple[pl.DataFrame, int]]:
+    """JSON Lines, one object a row, read in chunks; every value becomes text."""
+    import pandas as pd  # only JSON Lines needs it
+
+    meta["encoding"] = "utf-8"
+    size = path.stat().st_size
+    try:
+        with path.open("rb") as raw:
+            reader = pd.read_json(raw, lines=True, chunksize=options.chunk_rows, dtype=False)
+            for number, chunk in enumerate(reader):
+                columns = [str(c) for c in chunk.columns]
+                if number == 0:
+                    require_columns(columns, options)
+                frame = pl.DataFrame(
+                    {
+                        name: [None if v is None or v != v else str(v) for v in chunk[col]]
+                        for name, col in zip(columns, chunk.columns, strict=True)
+                    },
+                    schema=dict.fromkeys(columns, pl.String),
+                )
+                yield frame.fill_null(""), min(raw.tell(), size)
+    except ValueError as exc:
+        if isinstance(exc, InputError):
+            raise
+        raise InputError(f"not valid JSON Lines: {str(exc).splitlines()[0][:200]}") from None
 
 
 class AtomicWriter:

@@ -15,6 +15,7 @@ from src.data.io import (
     check_input_file,
     input_format,
     iter_csv,
+    iter_jsonl,
     iter_parquet,
     output_format,
 )
@@ -53,7 +54,8 @@ def clean_file(
     size = check_input_file(source)
     in_fmt, out_fmt = input_format(source), output_format(target, fmt)
     meta: dict[str, str] = {}
-    chunks = (iter_parquet if in_fmt == "parquet" else iter_csv)(source, options, meta)
+    reader = {"parquet": iter_parquet, "jsonl": iter_jsonl}.get(in_fmt, iter_csv)
+    chunks = reader(source, options, meta)
     state = RunState()
     writer = AtomicWriter(target, out_fmt)
     columns: list[str] = []

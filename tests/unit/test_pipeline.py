@@ -181,3 +181,35 @@ def test_cancel_from_progress_leaves_nothing(sample_path: Path, tmp_path: Path) 
         )
     assert [p.rows_done for p in seen] == [100, 200]
     assert list(tmp_path.iterdir()) == []
+
+
+def test_json_lines_input(tmp_path: Path) -> None:
+    src = tmp_path / "in.jsonl"
+    src.write_text(
+        '{"designation": "<b>Chaise</b> &eacute;t&eacute;", "description": "l\\u00bfencre", '
+        '"productid": 1}\n{"designation": "Table", "description": null, "productid": 2}\n',
+        encoding="utf-8",
+    )
+    report = clean_file(src, tmp_path / "o.csv", CleaningOptions(chunk_rows=1))
+    assert report.input_format == "jsonl" and report.rows_out == 2
+    rows = read_rows(tmp_path / "o.csv")
+    assert [(r["designation"], r["description"], r["productid"]) for r in rows] == [
+        ("Chaise été", "l'encre", "1"),
+        ("Table", "", "2"),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        ('{"designation": "a"\nnot json\n', "not valid JSON Lines"),
+        ('{"title": "a"}\n', "missing expected column"),
+    ],
+    ids=["malformed", "columns"],
+)
+def test_bad_json_lines(tmp_path: Path, content: str, message: str) -> None:
+    src = tmp_path / "in.jsonl"
+    src.write_text(content)
+    with pytest.raises(InputError, match=message):
+        clean_file(src, tmp_path / "out" / "o.csv")
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())

@@ -49,7 +49,7 @@ SUBMIT_BODY = {
                         "file": {
                             "type": "string",
                             "format": "binary",
-                            "description": "CSV or Parquet",
+                            "description": "CSV, Parquet or JSON Lines",
                         },
                         "options": {
                             "type": "string",
@@ -106,7 +106,7 @@ async def _get(store: AsyncJobStore, job_id: str) -> dict[str, Any]:
         413: error("Upload over MAX_UPLOAD_MB", "upload exceeds MAX_UPLOAD_MB (512 MB)"),
         415: error(
             "Not CSV/Parquet, or not multipart/JSON",
-            "unsupported file type '.xlsx': send a .csv or .parquet file",
+            "unsupported file type '.xlsx': send a .csv, .parquet or .jsonl file",
         ),
         422: error(
             "Invalid options",
