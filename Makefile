@@ -7,11 +7,17 @@ UV := $(shell command -v uv >/dev/null 2>&1 && echo uv || echo python3 -m uv)
 .PHONY: setup sample test lint format bench run e2e-docker
 
 setup:
+	@# uv from PyPI; Debian's own python3 is "externally managed", hence the fallbacks.
 	@command -v uv >/dev/null 2>&1 || python3 -m uv --version >/dev/null 2>&1 \
-		|| python3 -m pip install --quiet "uv==$(UV_VERSION)"
+		|| python3 -m pip install --quiet "uv==$(UV_VERSION)" 2>/dev/null \
+		|| python3 -m pip install --quiet --break-system-packages "uv==$(UV_VERSION)" 2>/dev/null \
+		|| (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-pip >/dev/null \
+			&& python3 -m pip install --quiet --break-system-packages "uv==$(UV_VERSION)")
+	@# Services the tests start themselves: Redis, Prometheus; the docker client for compose checks.
 	@command -v redis-server >/dev/null 2>&1 && command -v prometheus >/dev/null 2>&1 \
+		&& command -v docker >/dev/null 2>&1 \
 		|| (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
-			--no-install-recommends redis-server prometheus >/dev/null)
+			--no-install-recommends redis-server prometheus docker.io >/dev/null)
 	$(UV) sync --locked --all-extras
 
 sample: setup
