@@ -8,6 +8,9 @@ from typing import TYPE_CHECKING
 import numpy as np
 import polars as pl
 
+if TYPE_CHECKING:  # pandas is imported only by callers of clean_pandas
+    import pandas as pd
+
 from src.data.options import CleaningOptions
 from src.data.text import ColumnCounts, clean_series
 
@@ -115,7 +118,3 @@ def neutralise_formulas(frame: pl.DataFrame, state: RunState) -> pl.DataFrame:
 def clean_pandas(frame: pd.DataFrame, options: CleaningOptions) -> pd.DataFrame:
     """`clean_frame` for pandas users (notebooks, tests); the pipeline stays in polars."""
     return clean_frame(pl.from_pandas(frame), options).to_pandas()
-
-
-if TYPE_CHECKING:
-    import pandas as pd

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import codecs
 import contextlib
 import csv
 import io
@@ -66,7 +67,7 @@ def detect_encoding(head: bytes, choice: str) -> str:
     """The encoding to read with: UTF-8 when the head decodes as UTF-8, else cp1252."""
     if choice != "auto":
         return "utf-8" if choice == "utf-8" else choice
-    decoder = __import__("codecs").getincrementaldecoder("utf-8")()
+    decoder = codecs.getincrementaldecoder("utf-8")()
     try:
         decoder.decode(head, final=len(head) < SNIFF_BYTES)
         return "utf-8"

@@ -7,8 +7,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-import polars as pl
-
 from src.data.frame import RunState, clean_frame, neutralise_formulas
 from src.data.io import (
     AtomicWriter,
@@ -109,6 +107,3 @@ def _header_only_columns(source: Path, options: CleaningOptions, meta: dict[str,
 
     with source.open("rb") as fh:
         return parse_header(fh.read(SNIFF_BYTES), meta.get("encoding", "utf-8"))
-
-
-__all__ = ["Progress", "ProgressCallback", "clean_file", "pl"]
