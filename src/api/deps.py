@@ -11,6 +11,7 @@ from fastapi.security import APIKeyHeader
 from src.api import ratelimit
 from src.api.errors import ApiError
 from src.core.config import Settings
+from src.core.storage import Storage
 from src.jobs.store import AsyncJobStore
 
 
@@ -23,7 +24,12 @@ async def get_store(request: Request) -> AsyncJobStore:
     return request.app.state.store
 
 
+async def get_files(request: Request) -> Storage:
+    return request.app.state.files
+
+
 SettingsDep = Annotated[Settings, Depends(get_settings_dep)]
+FilesDep = Annotated[Storage, Depends(get_files)]
 JobStoreDep = Annotated[AsyncJobStore, Depends(get_store)]
 
 _api_key_header = APIKeyHeader(name="X-API-Key", auto_error=False)

@@ -15,6 +15,7 @@ from src.api.errors import install_error_handlers
 from src.api.routes import health, jobs
 from src.core.config import Settings, get_settings
 from src.core.logging import setup_logging
+from src.core.storage import ObjectStorage, Storage, open_storage
 from src.jobs.store import AsyncJobStore
 from src.worker.celery_app import warm_up
 
@@ -42,6 +43,17 @@ async def _ensure_indexes(store: AsyncJobStore) -> None:
             await asyncio.sleep(2)
 
 
+async def _ensure_bucket(files: Storage) -> None:
+    """Create the object store's bucket when one is configured and it answers."""
+    while isinstance(files, ObjectStorage):
+        try:
+            await asyncio.to_thread(files.ensure_bucket)
+            return
+        except Exception as exc:  # the MinIO client raises several kinds while it starts
+            log.warning("bucket not checked yet (object store unavailable): %s", exc)
+            await asyncio.sleep(2)
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
     setup_logging()
@@ -51,10 +63,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         store = AsyncJobStore(settings)
         app.state.store = store
         indexes = asyncio.create_task(_ensure_indexes(store))
+        bucket = asyncio.create_task(_ensure_bucket(app.state.files))
         warm = asyncio.create_task(asyncio.to_thread(warm_up))
         yield
         warm.cancel()
         indexes.cancel()
+        bucket.cancel()
         await store.close()
         state.close()
 
@@ -69,6 +83,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         openapi_url="/openapi.json" if docs else None,
     )
     app.state.settings = settings
+    app.state.files = open_storage(settings)
     install_error_handlers(app)
     app.include_router(health.router)
     app.include_router(jobs.router)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from pathlib import Path, PurePath
+from pathlib import PurePath
 from typing import Any
 
 from fastapi import UploadFile
@@ -38,7 +38,6 @@ ACCEPTED_SUFFIXES = {
     ".jsonl": ".jsonl",
     ".ndjson": ".jsonl",
 }
-COPY_CHUNK = 1 << 20
 
 
 def parse_options(raw: str | None) -> CleaningOptions:
@@ -58,22 +57,6 @@ def upload_suffix(filename: str | None) -> str:
             f"unsupported file type {suffix or '(none)'!r}: send a .csv, .parquet or .jsonl file",
         )
     return ACCEPTED_SUFFIXES[suffix]
-
-
-def save_upload(upload: UploadFile, target: Path, limit: int) -> str:
-    """Copy the upload in chunks; the sha256 of its bytes. Over `limit`: 413, nothing kept."""
-    digest = hashlib.sha256()
-    size = 0
-    target.parent.mkdir(parents=True, exist_ok=True)
-    upload.file.seek(0)
-    with target.open("wb") as out:
-        while chunk := upload.file.read(COPY_CHUNK):
-            size += len(chunk)
-            if size > limit:
-                raise ApiError(413, f"upload exceeds MAX_UPLOAD_MB ({limit >> 20} MB)")
-            digest.update(chunk)
-            out.write(chunk)
-    return digest.hexdigest()
 
 
 def request_hash(
@@ -98,6 +81,7 @@ async def _replay(store: AsyncJobStore, key: str, digest: str) -> dict[str, Any]
 async def submit(
     store: AsyncJobStore,
     settings: Settings,
+    files: storage.Storage,
     *,
     job_id: str,
     input_relpath: str,
@@ -112,7 +96,7 @@ async def submit(
     """Record and queue the job; (job, created). Removes the job's files on any refusal."""
     try:
         if idempotency_key and (existing := await _replay(store, idempotency_key, digest)):
-            storage.remove_job_files(settings.data_dir, job_id)
+            files.remove_job(job_id)
             return Job.from_doc(existing), False
         doc = new_job_doc(
             job_id=job_id,
@@ -129,13 +113,13 @@ async def submit(
         try:
             await store.insert(doc)
         except DuplicateKeyError:  # a concurrent twin won the race
-            storage.remove_job_files(settings.data_dir, job_id)
+            files.remove_job(job_id)
             existing = await _replay(store, idempotency_key or "", digest)
             if existing is None:
                 raise
             return Job.from_doc(existing), False
     except PyMongoError as exc:
-        storage.remove_job_files(settings.data_dir, job_id)
+        files.remove_job(job_id)
         log.warning("submit: store unavailable: %s", exc)
         raise ApiError(
             503,
@@ -143,7 +127,7 @@ async def submit(
             headers={"Retry-After": "5"},
         ) from None
     except ApiError:
-        storage.remove_job_files(settings.data_dir, job_id)
+        files.remove_job(job_id)
         raise
 
     try:
@@ -155,7 +139,7 @@ async def submit(
         except PyMongoError:
             log.error("submit: rollback of job %s failed; the sweep will resend it", job_id)
         else:
-            storage.remove_job_files(settings.data_dir, job_id)
+            files.remove_job(job_id)
         raise ApiError(
             503,
             "broker (Redis) unavailable: job not created; retry later",
@@ -165,13 +149,18 @@ async def submit(
     return Job.from_doc(doc), True
 
 
-def copy_upload(upload: UploadFile, settings: Settings, job_id: str) -> tuple[str, str]:
-    """Save an upload under the job's folder; (relative path, sha256)."""
-    suffix = upload_suffix(upload.filename)
-    target = storage.input_path(settings.data_dir, job_id, suffix)
+def copy_upload(
+    upload: UploadFile, settings: Settings, files: storage.Storage, job_id: str
+) -> tuple[str, str]:
+    """Stream an upload into the job's folder (or bucket); (key, sha256). Over the limit: 413."""
+    rel = storage.input_relpath(job_id, upload_suffix(upload.filename))
+    upload.file.seek(0)
     try:
-        digest = save_upload(upload, target, settings.max_upload_bytes)
+        digest, _ = files.save_stream(rel, upload.file, settings.max_upload_bytes)
+    except storage.TooLarge:
+        files.remove_job(job_id)
+        raise ApiError(413, f"upload exceeds MAX_UPLOAD_MB ({settings.max_upload_mb} MB)") from None
     except BaseException:
-        storage.remove_job_files(settings.data_dir, job_id)
+        files.remove_job(job_id)
         raise
-    return str(target.relative_to(settings.data_dir)), digest
+    return rel, digest

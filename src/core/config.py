@@ -49,9 +49,34 @@ class Settings(BaseSettings):
     )
     worker_metrics_addr: str = Field("0.0.0.0", description="WORKER_METRICS_ADDR")
 
+    storage_url: str = Field(
+        "",
+        description="STORAGE_URL: s3://bucket/prefix keeps inputs and results in an "
+        "S3-compatible store (MinIO) for workers on several hosts; empty: files under DATA_DIR",
+    )
+    s3_endpoint_url: str = Field("http://127.0.0.1:9000", description="S3_ENDPOINT_URL")
+    s3_access_key: str = Field("", description="S3_ACCESS_KEY")
+    s3_secret_key: str = Field("", description="S3_SECRET_KEY")
+    s3_region: str = Field("us-east-1", description="S3_REGION")
+    split_above_mb: float = Field(
+        64.0,
+        gt=0,
+        description="SPLIT_ABOVE_MB: a CSV input larger than this is cleaned in parts, "
+        "one Celery task each, by as many workers as are free",
+    )
+    part_mb: float = Field(16.0, gt=0, description="PART_MB: the size of one part of a split job")
+
     @property
     def api_key_list(self) -> list[str]:
         return [k.strip() for k in self.api_keys.split(",") if k.strip()]
+
+    @property
+    def split_above_bytes(self) -> int:
+        return int(self.split_above_mb * (1 << 20))
+
+    @property
+    def part_bytes(self) -> int:
+        return max(int(self.part_mb * (1 << 20)), 1)
 
     @property
     def max_upload_bytes(self) -> int:

@@ -71,14 +71,25 @@ def clean_frame(
 ) -> pl.DataFrame:
     """Clean the text columns of one chunk; duplicates are judged against `state`."""
     state = RunState() if state is None else state
+    return dedupe(clean_text(frame, options, state), options, state)
+
+
+def clean_text(frame: pl.DataFrame, options: CleaningOptions, state: RunState) -> pl.DataFrame:
+    """The per-row half of cleaning: each row's result depends on that row alone.
+
+    So any range of rows can be cleaned anywhere (a split job's parts).
+    """
     state.rows_in += frame.height
     cleaned = []
     for name in options.text_columns:
         series, counts = clean_series(frame.get_column(name), options)
         state.counts.setdefault(name, ColumnCounts()).add(counts)
         cleaned.append(series)
-    frame = frame.with_columns(cleaned)
+    return frame.with_columns(cleaned)
 
+
+def dedupe(frame: pl.DataFrame, options: CleaningOptions, state: RunState) -> pl.DataFrame:
+    """The order-dependent half: ids and rows seen before in this run, in input order."""
     if options.id_column in frame.columns and frame.height:
         ids = frame.get_column(options.id_column).cast(pl.String).fill_null("")
         dup = state.ids_seen.seen_before(ids.hash(seed=0).to_numpy()) & (ids != "").to_numpy()

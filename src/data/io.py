@@ -130,21 +130,51 @@ def explain_arrow_error(exc: Exception, encoding: str) -> InputError:
     return InputError(f"unreadable CSV: {msg.splitlines()[0][:200]}")
 
 
+def csv_head(head: bytes, options: CleaningOptions) -> tuple[list[str], str]:
+    """(header, encoding) from the first bytes of a CSV file; an InputError if unusable."""
+    if (nul := head.find(b"\x00")) >= 0:
+        raise InputError(f"input looks binary (NUL byte at offset {nul}), not a CSV file")
+    encoding = detect_encoding(head, options.encoding)
+    header = parse_header(head, encoding)
+    require_columns(header, options)
+    return header, encoding
+
+
 def iter_csv(
     path: Path, options: CleaningOptions, meta: dict[str, str]
 ) -> Iterator[tuple[pl.DataFrame, int]]:
     """Chunks of at most `options.chunk_rows` rows (all columns as text) and bytes read so far."""
     with path.open("rb") as raw:
-        head = raw.read(SNIFF_BYTES)
-        if (nul := head.find(b"\x00")) >= 0:
-            raise InputError(f"input looks binary (NUL byte at offset {nul}), not a CSV file")
-        encoding = detect_encoding(head, options.encoding)
-        meta["encoding"] = encoding
-        header = parse_header(head, encoding)
-        require_columns(header, options)
+        header, encoding = csv_head(raw.read(SNIFF_BYTES), options)
+    meta["encoding"] = encoding
     # A native file, not a Python one: pyarrow's read-ahead thread must never call
     # back into Python (at interpreter exit that aborts the process).
     source = pa.OSFile(str(path), "rb")
+    try:
+        yield from _arrow_chunks(source, header, encoding, options, named=False)
+    finally:
+        source.close()
+
+
+def iter_csv_range(
+    path: Path, start: int, end: int, header: list[str], encoding: str, options: CleaningOptions
+) -> Iterator[tuple[pl.DataFrame, int]]:
+    """`iter_csv` over bytes [start, end) of the file: whole records, no header line.
+
+    Bytes done count from `start`. The range is memory-mapped, never copied.
+    """
+    mapped = pa.memory_map(str(path), "r")
+    try:
+        source = pa.BufferReader(mapped.read_at(end - start, start))
+        yield from _arrow_chunks(source, header, encoding, options, named=True)
+    finally:
+        mapped.close()
+
+
+def _arrow_chunks(
+    source: Any, header: list[str], encoding: str, options: CleaningOptions, *, named: bool
+) -> Iterator[tuple[pl.DataFrame, int]]:
+    """pyarrow's streaming CSV reader over a native stream; `named`: no header line in it."""
     try:
         reader = pacsv.open_csv(
             source,
@@ -152,6 +182,7 @@ def iter_csv(
                 block_size=BLOCK_BYTES,
                 encoding="utf8" if encoding == "utf-8" else encoding,
                 use_threads=False,
+                column_names=header if named else None,
             ),
             parse_options=pacsv.ParseOptions(newlines_in_values=True),
             convert_options=pacsv.ConvertOptions(
@@ -172,8 +203,6 @@ def iter_csv(
             reader.close()
     except pa.ArrowInvalid as exc:
         raise explain_arrow_error(exc, encoding) from None
-    finally:
-        source.close()
 
 
 def iter_parquet(

@@ -70,13 +70,24 @@ def clean_file(
     except BaseException:
         writer.abort()
         raise
-    duration = time.perf_counter() - started
-    return CleaningReport(
+    return build_report(
+        state,
+        options,
         input=str(source),
         output=str(target),
         input_format=in_fmt,
         output_format=out_fmt,
         encoding=meta.get("encoding"),
+        duration=time.perf_counter() - started,
+    )
+
+
+def build_report(
+    state: RunState, options: CleaningOptions, *, duration: float, **fields: str | None
+) -> CleaningReport:
+    """The report of a run from what its state gathered (one run or a split job's merge)."""
+    return CleaningReport(
+        **fields,
         rows_in=state.rows_in,
         rows_out=state.rows_out,
         duplicate_rows_dropped=state.duplicate_rows_dropped,

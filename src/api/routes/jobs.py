@@ -11,13 +11,14 @@ from pathlib import PurePath
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Query, Request
-from fastapi.responses import FileResponse, JSONResponse
+from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
 from pydantic import ValidationError
 from sse_starlette.sse import EventSourceResponse
+from starlette.concurrency import iterate_in_threadpool
 from starlette.datastructures import UploadFile
 
 from src.api import submit as submission
-from src.api.deps import ApiKeyDep, JobStoreDep, SettingsDep
+from src.api.deps import ApiKeyDep, FilesDep, JobStoreDep, SettingsDep
 from src.api.errors import ApiError, describe_validation
 from src.api.schemas import JOB_EXAMPLE, JobList, SourceRequest, error
 from src.core import metrics, storage
@@ -119,12 +120,13 @@ async def submit_job(
     request: Request,
     store: JobStoreDep,
     settings: SettingsDep,
+    files: FilesDep,
     _key: ApiKeyDep,
     idempotency_key: Annotated[str | None, Header(max_length=200)] = None,
 ) -> JSONResponse:
     """Multipart (`file`, optional `options` JSON) or JSON `{"source": ..., "options": ...}`.
 
-    Only the job id goes to the broker; the file is streamed to DATA_DIR.
+    Only the job id goes to the broker; the file is streamed to DATA_DIR (or STORAGE_URL).
     """
     content_type = request.headers.get("content-type", "")
     job_id = new_job_id()
@@ -142,7 +144,7 @@ async def submit_job(
             raise ApiError(422, "output_format must be 'csv' or 'parquet'")
         callback_url = _text(form.get("callback_url"))
         relpath, file_digest = await asyncio.to_thread(
-            submission.copy_upload, upload, settings, job_id
+            submission.copy_upload, upload, settings, files, job_id
         )
         input_name, owns_input = PurePath(upload.filename or "input").name, True
     elif content_type.startswith("application/json"):
@@ -151,14 +153,13 @@ async def submit_job(
         except ValidationError as exc:
             raise ApiError(422, f"invalid request: {describe_validation(exc.errors())}") from None
         try:
-            path = storage.resolve_source(settings.data_dir, body.source)
+            relpath = await asyncio.to_thread(files.resolve_source, body.source)
         except storage.SourceError as exc:
             raise ApiError(400, str(exc)) from None
         except FileNotFoundError as exc:
             raise ApiError(404, str(exc)) from None
         options, output_format = body.options, body.output_format
         callback_url = str(body.callback_url) if body.callback_url else None
-        relpath = str(path.relative_to(settings.data_dir.resolve()))
         file_digest, input_name, owns_input = f"source:{relpath}", PurePath(relpath).name, False
     else:
         raise ApiError(415, "send multipart/form-data (a file) or application/json (a source)")
@@ -166,6 +167,7 @@ async def submit_job(
     job, created = await submission.submit(
         store,
         settings,
+        files,
         job_id=job_id,
         input_relpath=relpath,
         input_name=input_name,
@@ -243,19 +245,27 @@ async def get_job(job_id: str, store: JobStoreDep, _key: ApiKeyDep) -> Job:
         ),
     },
 )
-async def get_result(
-    job_id: str, store: JobStoreDep, settings: SettingsDep, _key: ApiKeyDep
-) -> FileResponse:
+async def get_result(job_id: str, store: JobStoreDep, files: FilesDep, _key: ApiKeyDep) -> Response:
     doc = await _get(store, job_id)
     if doc["status"] != JobStatus.SUCCEEDED.value:
         raise ApiError(409, f"job is {doc['status']}; the result is available once it succeeded")
-    path = settings.data_dir / doc["result"]
-    if not path.is_file():
+    size = await asyncio.to_thread(files.size, doc["result"])
+    if size is None:
         raise ApiError(404, f"result of job {job_id} is gone (expired or removed)")
     fmt = doc.get("output_format", "csv")
     stem = PurePath(doc.get("input_name") or "input").stem
     media = "text/csv; charset=utf-8" if fmt == "csv" else "application/vnd.apache.parquet"
-    return FileResponse(path, media_type=media, filename=f"{stem}.cleaned.{fmt}")
+    filename = f"{stem}.cleaned.{fmt}"
+    if isinstance(files, storage.LocalStorage):  # sendfile, ranges, ETag
+        return FileResponse(files.path(doc["result"]), media_type=media, filename=filename)
+    return StreamingResponse(  # from the bucket, a megabyte at a time
+        iterate_in_threadpool(files.iter_bytes(doc["result"])),
+        media_type=media,
+        headers={
+            "Content-Length": str(size),
+            "Content-Disposition": f'attachment; filename="{filename}"',
+        },
+    )
 
 
 @router.post(
