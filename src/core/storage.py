@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import os
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -158,8 +159,19 @@ class LocalStorage(Storage):
 
     @contextlib.contextmanager
     def publish(self, rel: str) -> Iterator[Path]:
-        self.path(rel).parent.mkdir(parents=True, exist_ok=True)
-        yield self.path(rel)
+        """The same name in a temp folder beside the target, renamed over it on success.
+
+        So an exception in the block (or a killed worker) never leaves a file at `rel`;
+        the folder's name matches what `remove_partial_results` sweeps.
+        """
+        target = self.path(rel)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        folder = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
+        try:
+            yield folder / target.name
+            os.replace(folder / target.name, target)
+        finally:
+            shutil.rmtree(folder, ignore_errors=True)
 
     def iter_bytes(self, rel: str, chunk: int = COPY_CHUNK) -> Iterator[bytes]:
         with self.path(rel).open("rb") as fh:
@@ -201,7 +213,10 @@ class LocalStorage(Storage):
     def remove_partial_results(self, job_id: str) -> None:
         folder = self.path(job_prefix(job_id))
         for tmp in [*folder.glob(".result.*.tmp"), *folder.glob(f"{PARTS_DIR}/.*.tmp")]:
-            tmp.unlink(missing_ok=True)
+            if tmp.is_dir():  # a `publish` folder
+                shutil.rmtree(tmp, ignore_errors=True)
+            else:
+                tmp.unlink(missing_ok=True)
 
 
 class ObjectStorage(Storage):

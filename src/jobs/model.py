@@ -42,6 +42,10 @@ class Progress(BaseModel):
     )
     bytes_done: int = 0
     bytes_total: int | None = None
+    parts_total: int | None = Field(
+        None, description="A large input is cleaned in parts by several workers: how many."
+    )
+    parts_done: int | None = Field(None, description="Parts cleaned so far (then one merge).")
 
 
 class Job(BaseModel):
@@ -76,9 +80,11 @@ class Job(BaseModel):
             finished_at=_iso(doc.get("finished_ts")),
             progress=Progress(
                 rows_done=doc.get("rows_done") or 0,
-                rows_total=doc.get("rows_total"),
+                rows_total=doc.get("rows_total") or _estimate(doc),
                 bytes_done=doc.get("bytes_done") or 0,
                 bytes_total=doc.get("bytes_total"),
+                parts_total=doc.get("parts_total"),
+                parts_done=doc.get("parts_done"),
             ),
             attempts=doc.get("attempts") or 0,
             error=doc.get("error"),
@@ -92,6 +98,14 @@ class Job(BaseModel):
             callback_error=doc.get("callback_error"),
             result_url=f"/jobs/{doc['_id']}/result" if status == JobStatus.SUCCEEDED else None,
         )
+
+
+def _estimate(doc: dict[str, Any]) -> int | None:
+    """Rows in the whole input, from the share of bytes read (split jobs report only sums)."""
+    rows, done, total = doc.get("rows_done"), doc.get("bytes_done"), doc.get("bytes_total")
+    if not rows or not done or not total:
+        return None
+    return rows * total // done
 
 
 def new_job_doc(
@@ -138,3 +152,27 @@ def new_job_doc(
     if callback_url is not None:
         doc["callback_url"] = callback_url
     return doc
+
+
+def part_id(job_id: str, index: int) -> str:
+    return f"{job_id}.{index:05d}"
+
+
+def new_part_doc(job: dict[str, Any], index: int, start: int, end: int) -> dict[str, Any]:
+    """One part of a split job: a byte range of its input, claimed like a job."""
+    now = time.time()
+    return {
+        "_id": part_id(job["_id"], index),
+        "job_id": job["_id"],
+        "index": index,
+        "start": start,
+        "end": end,
+        "status": JobStatus.QUEUED.value,
+        "created_ts": now,
+        "sent_ts": now,
+        "attempts": 0,
+        "rows_done": 0,
+        "bytes_done": 0,
+        "expires_at": datetime.fromtimestamp(job["expires_ts"], UTC),
+        "expires_ts": job["expires_ts"],
+    }

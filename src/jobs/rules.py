@@ -76,12 +76,49 @@ def finish_update(status: JobStatus, now: float, **fields: Any) -> Update:
     return {"$set": {"status": status.value, "finished_ts": now, **fields}}
 
 
+# A split job's own heartbeat: never stale. Its liveness is its parts' (each has a
+# heartbeat) and its merge's (`merge_ts`), so the sweep never requeues it whole.
+SPLIT_HEARTBEAT = 1e15
+
+
+def split_update(parts_total: int, bytes_total: int) -> Update:
+    return {
+        "$set": {
+            "parts_total": parts_total,
+            "parts_done": 0,
+            "heartbeat_ts": SPLIT_HEARTBEAT,
+            "merge_ts": 0.0,
+            "rows_done": 0,
+            "bytes_done": 0,
+            "bytes_total": bytes_total,
+        }
+    }
+
+
+def running(job_id: str) -> Filter:
+    return {"_id": job_id, "status": RUNNING}
+
+
+def merge_free(job_id: str, stale_before: float) -> Filter:
+    """A split job nobody merges: never started (merge_ts 0) or its merger went silent."""
+    return {"_id": job_id, "status": RUNNING, "merge_ts": {"$lt": stale_before}}
+
+
+def merge_claim_update(now: float, worker: str) -> Update:
+    return {"$set": {"merge_ts": now, "worker": worker}}
+
+
+def stale_merge(stale_before: float) -> Filter:
+    """Split jobs whose merger died (a merge that started and went silent)."""
+    return {"status": RUNNING, "merge_ts": {"$gt": 0, "$lt": stale_before}}
+
+
 def cancel_queued(job_id: str) -> Filter:
     return {"_id": job_id, "status": QUEUED}
 
 
 def cancel_running(job_id: str) -> Filter:
-    return {"_id": job_id, "status": RUNNING}
+    return running(job_id)
 
 
 def requeue_update(now: float) -> Update:

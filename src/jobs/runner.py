@@ -9,9 +9,10 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from enum import StrEnum
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 import httpx
@@ -19,12 +20,14 @@ from pymongo.errors import PyMongoError
 
 from src.core import storage
 from src.core.config import Settings
-from src.data.io import InputError
+from src.core.storage import Storage
+from src.data.io import SNIFF_BYTES, InputError, csv_head, input_format
 from src.data.options import CleaningOptions
 from src.data.pipeline import Progress, clean_file
+from src.data.split import PartResult, clean_part, merge_parts, plan_parts
 from src.jobs import rules
-from src.jobs.model import Job, JobStatus
-from src.jobs.store import JobStore
+from src.jobs.model import Job, JobStatus, new_part_doc
+from src.jobs.store import JobStore, Records
 
 log = logging.getLogger(__name__)
 
@@ -59,19 +62,35 @@ class JobEvents:
         """This worker brought the job to a final status (`doc` as stored after it)."""
 
 
+@dataclass(frozen=True)
+class Senders:
+    """How tasks are queued (the worker passes Celery's); ids only, as always."""
+
+    clean: Callable[[str], None]
+    part: Callable[[str], None]
+    merge: Callable[[str], None]
+
+
 class Heartbeat:
     """Tells the store this worker is alive, from a thread, even during a long chunk."""
 
-    def __init__(self, store: JobStore, job_id: str, worker: str, every: float) -> None:
+    def __init__(
+        self,
+        store: Records,
+        job_id: str,
+        worker: str,
+        every: float,
+        field: str = "heartbeat_ts",
+    ) -> None:
         self._stop = threading.Event()
         self._thread = threading.Thread(
-            target=self._run, args=(store, job_id, worker, every), daemon=True
+            target=self._run, args=(store, job_id, worker, every, field), daemon=True
         )
 
-    def _run(self, store: JobStore, job_id: str, worker: str, every: float) -> None:
+    def _run(self, store: Records, job_id: str, worker: str, every: float, field: str) -> None:
         while not self._stop.wait(every):
             try:
-                if not store.heartbeat(job_id, worker):
+                if not store.heartbeat(job_id, worker, field):
                     return
             except PyMongoError as exc:  # the store may come back; keep trying
                 log.warning("heartbeat for job %s failed: %s", job_id, exc)
@@ -91,9 +110,16 @@ def run_job(
     job_id: str,
     worker: str,
     events: JobEvents | None = None,
+    files: Storage | None = None,
+    senders: Senders | None = None,
 ) -> Outcome:
-    """Claim the job, clean its input chunk by chunk, and end it with a terminal status."""
+    """Claim the job, clean its input chunk by chunk, and end it with a terminal status.
+
+    A CSV input above SPLIT_ABOVE_MB is cut into parts instead (when `senders`
+    can queue them): the parts and a merge finish the job.
+    """
     events = events or JobEvents()
+    files = files or storage.open_storage(settings)
     stale_before = time.time() - settings.stale_after_seconds
     cap = settings.max_attempts
     # The common case costs one round trip: the claim. The rest runs when it misses.
@@ -112,6 +138,8 @@ def run_job(
                 _finished(events, finished)
                 return Outcome.DONE
         doc = store.get(job_id)
+        if doc is not None and doc.get("parts_total"):
+            return Outcome.GONE  # split: its parts and merge carry it
         if doc is not None and doc["status"] == JobStatus.RUNNING.value:
             return Outcome.BUSY
         state = "unknown" if doc is None else doc["status"]
@@ -120,11 +148,19 @@ def run_job(
     log.info("job %s: claimed by %s (attempt %s)", job_id, worker, claimed["attempts"])
     _notify(events.claimed, claimed)
     with Heartbeat(store, job_id, worker, settings.heartbeat_seconds):
-        return _clean(store, settings, claimed, worker, events)
+        ranges = _plan(store, files, settings, claimed) if senders else None
+        if not ranges:
+            return _clean(store, files, settings, claimed, worker, events)
+    return _start_parts(store, settings, claimed, worker, ranges, senders, events)
 
 
 def _clean(
-    store: JobStore, settings: Settings, doc: dict[str, Any], worker: str, events: JobEvents
+    store: JobStore,
+    files: Storage,
+    settings: Settings,
+    doc: dict[str, Any],
+    worker: str,
+    events: JobEvents,
 ) -> Outcome:
     job_id = doc["_id"]
     owned = rules.owned(job_id, worker)
@@ -140,16 +176,12 @@ def _clean(
         if current.get("cancel_requested"):
             raise JobCancelled
 
-    storage.remove_partial_results(settings.data_dir, job_id)
+    files.remove_partial_results(job_id)
     try:
         options = CleaningOptions.model_validate(doc.get("options") or {})
-        report = clean_file(
-            settings.data_dir / doc["input"],
-            settings.data_dir / result_rel,
-            options,
-            fmt=fmt,
-            on_progress=on_progress,
-        )
+        with files.fetch(doc["input"]) as source, files.publish(result_rel) as target:
+            report = clean_file(source, target, options, fmt=fmt, on_progress=on_progress)
+            result_bytes = target.stat().st_size
     except JobCancelled:
         finished = store.finish(job_id, owned, JobStatus.CANCELLED, error="cancelled by request")
         log.info("job %s: cancelled", job_id)
@@ -181,6 +213,7 @@ def _clean(
             update={"input": doc.get("input_name"), "output": result_rel}
         ).model_dump(mode="json"),
         result=result_rel,
+        result_bytes=result_bytes,
         rows_done=report.rows_in,
         rows_total=report.rows_in,
     )
@@ -202,6 +235,314 @@ def _notify(handler: Callable[..., None], *args: Any) -> None:
         log.exception("job event handler %s failed", getattr(handler, "__name__", handler))
 
 
+# ---------------------------------------------------------------- split jobs
+class JobStopped(Exception):
+    """Raised in a part when its job ended meanwhile (failed, cancelled or expired)."""
+
+
+def _plan(
+    store: JobStore, files: Storage, settings: Settings, doc: dict[str, Any]
+) -> list[tuple[int, int]] | None:
+    """Byte ranges of the parts when this job should be split; None to run it whole."""
+    rel = doc["input"]
+    if input_format(PurePosixPath(rel)) != "csv":
+        return None  # Parquet and JSON Lines run whole (their chunks stream anyway)
+    size = files.size(rel) or 0
+    if size <= settings.split_above_bytes:
+        return None
+    try:
+        with files.fetch(rel) as local:
+            plan = plan_parts(local, settings.part_bytes)
+    except OSError as exc:
+        log.warning("job %s: not split (%s); running it whole", doc["_id"], exc)
+        return None
+    if plan is None or len(plan.ranges) < 2:
+        log.info("job %s: not split (no safe record boundaries); running it whole", doc["_id"])
+        return None
+    return plan.ranges
+
+
+def _start_parts(
+    store: JobStore,
+    settings: Settings,
+    doc: dict[str, Any],
+    worker: str,
+    ranges: list[tuple[int, int]],
+    senders: Senders,
+    events: JobEvents,
+) -> Outcome:
+    job_id = doc["_id"]
+    parts = [new_part_doc(doc, i, start, end) for i, (start, end) in enumerate(ranges)]
+    if not store.split(job_id, worker, parts, doc.get("bytes_total") or ranges[-1][1]):
+        log.warning("job %s: claim lost while splitting", job_id)
+        return Outcome.GONE
+    for part in parts:
+        senders.part(part["_id"])
+    log.info("job %s: split into %s parts of ~%s bytes", job_id, len(parts), settings.part_bytes)
+    return Outcome.DONE
+
+
+def _header(files: Storage, rel: str, options: CleaningOptions) -> tuple[list[str], str]:
+    size = files.size(rel) or 0
+    with (
+        files.fetch_range(rel, 0, min(size, SNIFF_BYTES)) as (local, start, end),
+        local.open("rb") as fh,
+    ):
+        fh.seek(start)
+        return csv_head(fh.read(end - start), options)
+
+
+def run_part(
+    store: JobStore,
+    settings: Settings,
+    part: str,
+    worker: str,
+    senders: Senders,
+    files: Storage | None = None,
+    events: JobEvents | None = None,
+) -> Outcome:
+    """Clean one part of a split job; the last part to succeed queues the merge.
+
+    Claimed, heartbeaten and capped like a job: a killed worker costs this part only.
+    """
+    events = events or JobEvents()
+    files = files or storage.open_storage(settings)
+    stale_before = time.time() - settings.stale_after_seconds
+    cap = settings.max_attempts
+    before = store.parts.get(part)
+    if before is None:
+        return Outcome.GONE
+    job_id = before["job_id"]
+    claimed = store.parts.claim(part, worker, stale_before, cap)
+    if claimed is None:
+        return _part_not_claimed(store, settings, before, stale_before, senders, events)
+    job = store.get(job_id)
+    if job is None or job["status"] != JobStatus.RUNNING.value:
+        store.parts.finish(part, rules.owned(part, worker), JobStatus.CANCELLED, error="job ended")
+        return Outcome.GONE
+    label = f"part {claimed['index'] + 1}/{job['parts_total']}"
+    if before.get("rows_done") or before.get("bytes_done"):  # the lost attempt's progress
+        store.add_split_progress(job_id, -before["rows_done"], -before["bytes_done"])
+    log.info("job %s: %s claimed by %s (attempt %s)", job_id, label, worker, claimed["attempts"])
+    counted = [0, 0]
+
+    def on_progress(rows_done: int, bytes_done: int) -> None:
+        size = claimed["end"] - claimed["start"]
+        if store.parts.progress(part, worker, rows_done, None, bytes_done, size) is None:
+            raise ClaimLost
+        current = store.add_split_progress(job_id, rows_done - counted[0], bytes_done - counted[1])
+        counted[:] = [rows_done, bytes_done]
+        _notify(events.progressed, part, rows_done, bytes_done)
+        if current is None:
+            raise JobStopped
+        if current.get("cancel_requested"):
+            raise JobCancelled
+
+    owned = rules.owned(part, worker)
+    with Heartbeat(store.parts, part, worker, settings.heartbeat_seconds):
+        try:
+            options = CleaningOptions.model_validate(job.get("options") or {})
+            header, encoding = _header(files, job["input"], options)
+            span = (claimed["start"], claimed["end"])
+            with (
+                files.fetch_range(job["input"], *span) as (local, start, end),
+                files.publish(storage.part_relpath(job_id, claimed["index"])) as target,
+            ):
+                result = clean_part(
+                    local, start, end, header, encoding, options, target, on_progress
+                )
+        except JobCancelled:
+            store.parts.finish(part, owned, JobStatus.CANCELLED, error="cancelled by request")
+            _end_split(store, files, job_id, JobStatus.CANCELLED, "cancelled by request", events)
+            return Outcome.DONE
+        except (ClaimLost, JobStopped):
+            store.parts.finish(part, owned, JobStatus.CANCELLED, error="job ended")
+            log.info("job %s: %s stopped: the job ended or the part was taken over", job_id, label)
+            return Outcome.GONE
+        except InputError as exc:
+            store.parts.finish(part, owned, JobStatus.FAILED, error=str(exc))
+            _end_split(store, files, job_id, JobStatus.FAILED, f"{exc} (in {label})", events)
+            return Outcome.DONE
+        except PyMongoError:
+            raise
+        except Exception as exc:
+            log.exception("job %s: %s: unexpected error", job_id, label)
+            error = f"internal error in {label}: {type(exc).__name__}: {exc}"
+            store.parts.finish(part, owned, JobStatus.FAILED, error=error)
+            _end_split(store, files, job_id, JobStatus.FAILED, error, events)
+            return Outcome.DONE
+    done = store.parts.finish(
+        part, owned, JobStatus.SUCCEEDED, rows_done=result.rows, counts=result.counts
+    )
+    if done is None:
+        return Outcome.GONE
+    store.add_split_progress(
+        job_id,
+        result.rows - counted[0],
+        claimed["end"] - claimed["start"] - counted[1],
+        parts_done=1,
+    )
+    log.info("job %s: %s done, %s rows", job_id, label, result.rows)
+    _merge_if_complete(store, job_id, senders)
+    return Outcome.DONE
+
+
+def _part_not_claimed(
+    store: JobStore,
+    settings: Settings,
+    before: dict[str, Any],
+    stale_before: float,
+    senders: Senders,
+    events: JobEvents,
+) -> Outcome:
+    part, job_id, cap = before["_id"], before["job_id"], settings.max_attempts
+    reason = (
+        f"part {before['index'] + 1} of the input (bytes {before['start']:,}–{before['end']:,}) "
+        f"lost its worker {cap} times (redelivery cap {cap}); "
+        "those rows may crash the cleaner or exceed the worker's memory"
+    )
+    for expected in (
+        rules.exhausted_queued(part, cap),
+        rules.exhausted_stale(part, cap, stale_before),
+    ):
+        if store.parts.finish(part, expected, JobStatus.FAILED, error=reason):
+            log.error("job %s failed: %s", job_id, reason)
+            _end_split(
+                store, storage.open_storage(settings), job_id, JobStatus.FAILED, reason, events
+            )
+            return Outcome.DONE
+    doc = store.parts.get(part)
+    if doc is not None and doc["status"] == JobStatus.RUNNING.value:
+        return Outcome.BUSY
+    if doc is not None and doc["status"] == JobStatus.SUCCEEDED.value:
+        # Its worker may have died before queueing the merge: queueing it twice is harmless.
+        _merge_if_complete(store, job_id, senders)
+    return Outcome.GONE
+
+
+def _merge_if_complete(store: JobStore, job_id: str, senders: Senders) -> None:
+    job = store.get(job_id)
+    if job is None or job["status"] != JobStatus.RUNNING.value:
+        return
+    if store.parts_succeeded(job_id) == job["parts_total"]:
+        senders.merge(job_id)
+
+
+def _end_split(
+    store: JobStore,
+    files: Storage,
+    job_id: str,
+    status: JobStatus,
+    error: str,
+    events: JobEvents,
+) -> None:
+    """Fail or cancel a split job (whichever part sees it first); the others stop on
+    their next chunk."""
+    finished = store.finish(job_id, rules.running(job_id), status, error=error)
+    if finished is not None:
+        log.info("job %s: %s: %s", job_id, status.value, error)
+        _finished(events, finished)
+        files.remove_parts(job_id)
+
+
+def run_merge(
+    store: JobStore,
+    settings: Settings,
+    job_id: str,
+    worker: str,
+    files: Storage | None = None,
+    events: JobEvents | None = None,
+) -> Outcome:
+    """Merge a split job's cleaned parts into its result, in order, with one duplicate pass."""
+    events = events or JobEvents()
+    files = files or storage.open_storage(settings)
+    stale_before = time.time() - settings.stale_after_seconds
+    job = store.get(job_id)
+    if job is None or job["status"] != JobStatus.RUNNING.value or not job.get("parts_total"):
+        return Outcome.GONE
+    parts = store.job_parts(job_id)
+    if len(parts) != job["parts_total"] or any(
+        p["status"] != JobStatus.SUCCEEDED.value for p in parts
+    ):
+        return Outcome.GONE  # not ready: the last part to finish queues the merge again
+    claimed = store.claim_merge(job_id, worker, stale_before)
+    if claimed is None:
+        current = store.get(job_id)
+        fresh = current and current["status"] == JobStatus.RUNNING.value
+        return Outcome.BUSY if fresh else Outcome.GONE
+    owned = rules.owned(job_id, worker)
+    fmt = job.get("output_format", "csv")
+    result_rel = storage.result_relpath(job_id, fmt)
+
+    def fetched() -> Iterator[Path]:
+        for p in parts:
+            with files.fetch(storage.part_relpath(job_id, p["index"])) as local:
+                yield local
+
+    def on_part(_: int) -> None:
+        current = store.get(job_id)
+        if current is None or current.get("worker") != worker:
+            raise ClaimLost
+        if current.get("cancel_requested"):
+            raise JobCancelled
+
+    log.info("job %s: merging %s parts (%s)", job_id, len(parts), worker)
+    with Heartbeat(store, job_id, worker, settings.heartbeat_seconds, field="merge_ts"):
+        try:
+            options = CleaningOptions.model_validate(job.get("options") or {})
+            header, encoding = _header(files, job["input"], options)
+            with files.publish(result_rel) as target:
+                report = merge_parts(
+                    fetched(),
+                    [PartResult(p["rows_done"], p.get("counts") or {}) for p in parts],
+                    target,
+                    options,
+                    fmt,
+                    header=header,
+                    on_part=on_part,
+                    input=job.get("input_name"),
+                    output=result_rel,
+                    input_format="csv",
+                    encoding=encoding,
+                )
+                result_bytes = target.stat().st_size
+        except JobCancelled:
+            _end_split(store, files, job_id, JobStatus.CANCELLED, "cancelled by request", events)
+            return Outcome.DONE
+        except ClaimLost:
+            return Outcome.GONE
+        except PyMongoError:
+            raise
+        except Exception as exc:
+            log.exception("job %s: merge failed", job_id)
+            error = f"internal error while merging parts: {type(exc).__name__}: {exc}"
+            _end_split(store, files, job_id, JobStatus.FAILED, error, events)
+            return Outcome.DONE
+    elapsed = max(time.time() - (job.get("started_ts") or time.time()), 1e-6)
+    report = report.model_copy(
+        update={
+            "duration_s": round(elapsed, 4),
+            "rows_per_s": round(report.rows_in / elapsed, 1),
+        }
+    )
+    done = store.finish(
+        job_id,
+        owned,
+        JobStatus.SUCCEEDED,
+        report=report.model_dump(mode="json"),
+        result=result_rel,
+        result_bytes=result_bytes,
+        rows_done=report.rows_in,
+        rows_total=report.rows_in,
+    )
+    log.info("job %s: %s, %s rows", job_id, "succeeded" if done else "claim lost", report.rows_in)
+    _finished(events, done)
+    if done:
+        files.remove_parts(job_id)
+        store.delete_parts(job_id)
+    return Outcome.DONE if done else Outcome.GONE
+
+
 @dataclass
 class SweepResult:
     requeued: list[str]
@@ -209,22 +550,28 @@ class SweepResult:
     expired: list[str]
 
 
-def sweep(store: JobStore, settings: Settings, send: Callable[[str], None]) -> SweepResult:
-    """Requeue jobs whose worker died, resend tasks that may be lost, expire old jobs."""
+def sweep(store: JobStore, settings: Settings, senders: Senders) -> SweepResult:
+    """Requeue jobs and parts whose worker died, resend tasks that may be lost, expire old jobs."""
+    files = storage.open_storage(settings)
     now = time.time()
     stale_before = now - settings.stale_after_seconds
-    result = SweepResult([], [], [])
-    for job_id in store.ids(rules.stale_running(stale_before)):
-        if store.requeue(job_id, stale_before):
-            send(job_id)
-            result.requeued.append(job_id)
     sent_before = now - settings.requeue_queued_after_seconds
-    for job_id in store.ids(rules.old_queued(sent_before)):
-        if store.mark_resent(job_id, sent_before):
-            send(job_id)
-            result.resent.append(job_id)
+    result = SweepResult([], [], [])
+    for records, send in ((store, senders.clean), (store.parts, senders.part)):
+        for record_id in records.ids(rules.stale_running(stale_before)):
+            if records.requeue(record_id, stale_before):
+                send(record_id)
+                result.requeued.append(record_id)
+        for record_id in records.ids(rules.old_queued(sent_before)):
+            if records.mark_resent(record_id, sent_before):
+                send(record_id)
+                result.resent.append(record_id)
+    for job_id in store.ids(rules.stale_merge(stale_before)):
+        senders.merge(job_id)  # its merger died; the merge claim lets one take over
+        result.resent.append(job_id)
     for job_id in store.ids(rules.expired(now)):
-        storage.remove_job_files(settings.data_dir, job_id)
+        files.remove_job(job_id)
+        store.delete_parts(job_id)
         store.delete(job_id)
         result.expired.append(job_id)
     if any((result.requeued, result.resent, result.expired)):

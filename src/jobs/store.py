@@ -10,16 +10,23 @@ import time
 from typing import Any
 
 from pymongo import ASCENDING, DESCENDING, AsyncMongoClient, MongoClient, ReturnDocument
+from pymongo.collection import Collection
 
 from src.core.config import Settings
 from src.jobs import rules
 from src.jobs.model import JobStatus
 
 COLLECTION = "jobs"
+PARTS_COLLECTION = "job_parts"
 # (keys, options): shared by both stores.
 INDEXES: list[tuple[list[tuple[str, int]], dict[str, Any]]] = [
     ([("status", ASCENDING), ("created_at", DESCENDING)], {"name": "status_created"}),
     ([("idempotency_key", ASCENDING)], {"name": "idempotency", "unique": True, "sparse": True}),
+    ([("expires_at", ASCENDING)], {"name": "ttl", "expireAfterSeconds": 0}),
+]
+PART_INDEXES: list[tuple[list[tuple[str, int]], dict[str, Any]]] = [
+    ([("job_id", ASCENDING), ("index", ASCENDING)], {"name": "job_index"}),
+    ([("status", ASCENDING)], {"name": "status"}),
     ([("expires_at", ASCENDING)], {"name": "ttl", "expireAfterSeconds": 0}),
 ]
 AFTER = ReturnDocument.AFTER
@@ -52,6 +59,9 @@ class AsyncJobStore:
     async def ensure_indexes(self) -> None:
         for keys, options in INDEXES:
             await self.jobs.create_index(keys, **options)
+        parts = self.client.get_database(self.jobs.database.name)[PARTS_COLLECTION]
+        for keys, options in PART_INDEXES:
+            await parts.create_index(keys, **options)
 
     async def ping(self) -> None:
         await self.client.admin.command("ping")
@@ -102,8 +112,89 @@ class AsyncJobStore:
         return {row["_id"]: row["n"] for row in rows}
 
 
-class JobStore:
-    """The worker's view of the jobs collection (blocking PyMongo).
+class Records:
+    """Claimable records in one collection: jobs, or the parts of split jobs.
+
+    Both follow the same rules (`rules`): claim by compare-and-set, heartbeat,
+    progress, a terminal status.
+    """
+
+    def __init__(self, collection: Collection) -> None:
+        self.coll = collection
+
+    def get(self, record_id: str) -> dict[str, Any] | None:
+        return self.coll.find_one({"_id": record_id})
+
+    def claim(
+        self, record_id: str, worker: str, stale_before: float, cap: int
+    ) -> dict[str, Any] | None:
+        """queued → running, or take over a running one whose worker died; attempts < cap."""
+        update = rules.claim_update(time.time(), worker)
+        doc = self.coll.find_one_and_update(
+            rules.claim_queued(record_id, cap), update, return_document=AFTER
+        )
+        if doc is None:
+            doc = self.coll.find_one_and_update(
+                rules.claim_stale(record_id, stale_before, cap), update, return_document=AFTER
+            )
+        return doc
+
+    def heartbeat(self, record_id: str, worker: str, field: str = "heartbeat_ts") -> bool:
+        result = self.coll.update_one(
+            rules.owned(record_id, worker), {"$set": {field: time.time()}}
+        )
+        return result.matched_count == 1
+
+    def progress(
+        self,
+        record_id: str,
+        worker: str,
+        rows_done: int,
+        rows_total: int | None,
+        bytes_done: int,
+        bytes_total: int,
+    ) -> dict[str, Any] | None:
+        """Record progress; the document returned tells whether cancel was asked."""
+        return self.coll.find_one_and_update(
+            rules.owned(record_id, worker),
+            rules.progress_update(time.time(), rows_done, rows_total, bytes_done, bytes_total),
+            return_document=AFTER,
+        )
+
+    def finish(
+        self, record_id: str, expected: dict[str, Any], status: JobStatus, **fields: Any
+    ) -> dict[str, Any] | None:
+        """Compare-and-set to a terminal status from the state `expected` describes."""
+        return self.coll.find_one_and_update(
+            expected, rules.finish_update(status, time.time(), **fields), return_document=AFTER
+        )
+
+    def requeue(self, record_id: str, stale_before: float) -> bool:
+        """running (worker silent) → queued; True when this call made the change."""
+        result = self.coll.update_one(
+            rules.claim_stale(record_id, stale_before), rules.requeue_update(time.time())
+        )
+        return result.modified_count == 1
+
+    def mark_resent(self, record_id: str, sent_before: float) -> bool:
+        result = self.coll.update_one(
+            rules.resend(record_id, sent_before), {"$set": {"sent_ts": time.time()}}
+        )
+        return result.modified_count == 1
+
+    def ids(self, query: dict[str, Any], limit: int = 1000) -> list[str]:
+        return [d["_id"] for d in self.coll.find(query, {"_id": 1}).limit(limit)]
+
+    def delete(self, record_id: str) -> None:
+        self.coll.delete_one({"_id": record_id})
+
+    def set_fields(self, record_id: str, **fields: Any) -> None:
+        """Bookkeeping that is no status change (callback delivery)."""
+        self.coll.update_one({"_id": record_id}, {"$set": fields})
+
+
+class JobStore(Records):
+    """The worker's view of the jobs collection and of split jobs' parts (blocking PyMongo).
 
     `timeout_ms` bounds every operation (PyMongo's client-side timeout); the API's
     metrics collector uses it so that a store outage cannot stall a scrape.
@@ -114,7 +205,10 @@ class JobStore:
         if timeout_ms is not None:
             kwargs.update(serverSelectionTimeoutMS=timeout_ms, timeoutMS=timeout_ms)
         self.client: MongoClient = MongoClient(settings.mongo_url, **kwargs)
-        self.jobs = self.client[settings.mongo_db][COLLECTION]
+        db = self.client[settings.mongo_db]
+        super().__init__(db[COLLECTION])
+        self.jobs = self.coll
+        self.parts = Records(db[PARTS_COLLECTION])
 
     def close(self) -> None:
         self.client.close()
@@ -122,72 +216,8 @@ class JobStore:
     def ensure_indexes(self) -> None:
         for keys, options in INDEXES:
             self.jobs.create_index(keys, **options)
-
-    def get(self, job_id: str) -> dict[str, Any] | None:
-        return self.jobs.find_one({"_id": job_id})
-
-    def claim(
-        self, job_id: str, worker: str, stale_before: float, cap: int
-    ) -> dict[str, Any] | None:
-        """queued → running, or take over a running job whose worker died; attempts < cap."""
-        update = rules.claim_update(time.time(), worker)
-        doc = self.jobs.find_one_and_update(
-            rules.claim_queued(job_id, cap), update, return_document=AFTER
-        )
-        if doc is None:
-            doc = self.jobs.find_one_and_update(
-                rules.claim_stale(job_id, stale_before, cap), update, return_document=AFTER
-            )
-        return doc
-
-    def heartbeat(self, job_id: str, worker: str) -> bool:
-        result = self.jobs.update_one(
-            rules.owned(job_id, worker), {"$set": {"heartbeat_ts": time.time()}}
-        )
-        return result.matched_count == 1
-
-    def progress(
-        self,
-        job_id: str,
-        worker: str,
-        rows_done: int,
-        rows_total: int | None,
-        bytes_done: int,
-        bytes_total: int,
-    ) -> dict[str, Any] | None:
-        """Record progress; the document returned tells whether cancel was asked."""
-        return self.jobs.find_one_and_update(
-            rules.owned(job_id, worker),
-            rules.progress_update(time.time(), rows_done, rows_total, bytes_done, bytes_total),
-            return_document=AFTER,
-        )
-
-    def finish(
-        self, job_id: str, expected: dict[str, Any], status: JobStatus, **fields: Any
-    ) -> dict[str, Any] | None:
-        """Compare-and-set to a terminal status from the state `expected` describes."""
-        return self.jobs.find_one_and_update(
-            expected, rules.finish_update(status, time.time(), **fields), return_document=AFTER
-        )
-
-    def requeue(self, job_id: str, stale_before: float) -> bool:
-        """running (worker silent) → queued; True when this call made the change."""
-        result = self.jobs.update_one(
-            rules.claim_stale(job_id, stale_before), rules.requeue_update(time.time())
-        )
-        return result.modified_count == 1
-
-    def mark_resent(self, job_id: str, sent_before: float) -> bool:
-        result = self.jobs.update_one(
-            rules.resend(job_id, sent_before), {"$set": {"sent_ts": time.time()}}
-        )
-        return result.modified_count == 1
-
-    def ids(self, query: dict[str, Any], limit: int = 1000) -> list[str]:
-        return [d["_id"] for d in self.jobs.find(query, {"_id": 1}).limit(limit)]
-
-    def delete(self, job_id: str) -> None:
-        self.jobs.delete_one({"_id": job_id})
+        for keys, options in PART_INDEXES:
+            self.parts.coll.create_index(keys, **options)
 
     def count_by_status(self) -> dict[str, int]:
         """One count per status: each an index scan (status_created), never a collection scan."""
@@ -200,6 +230,40 @@ class JobStore:
         )
         return None if doc is None else doc["created_ts"]
 
-    def set_fields(self, job_id: str, **fields: Any) -> None:
-        """Bookkeeping that is no status change (callback delivery)."""
-        self.jobs.update_one({"_id": job_id}, {"$set": fields})
+    # ------------------------------------------------------------ split jobs
+    def split(self, job_id: str, worker: str, parts: list[dict[str, Any]], size: int) -> bool:
+        """Record the parts (queued) and mark the job split; False if the job is no longer ours.
+
+        Idempotent: a planner that died half-way leaves parts a new one finds as they were.
+        """
+        for part in parts:
+            self.parts.coll.update_one({"_id": part["_id"]}, {"$setOnInsert": part}, upsert=True)
+        doc = self.jobs.find_one_and_update(
+            rules.owned(job_id, worker), rules.split_update(len(parts), size), return_document=AFTER
+        )
+        return doc is not None
+
+    def job_parts(self, job_id: str) -> list[dict[str, Any]]:
+        return list(self.parts.coll.find({"job_id": job_id}).sort([("index", ASCENDING)]))
+
+    def parts_succeeded(self, job_id: str) -> int:
+        return self.parts.coll.count_documents(
+            {"job_id": job_id, "status": JobStatus.SUCCEEDED.value}
+        )
+
+    def add_split_progress(
+        self, job_id: str, rows: int, size: int, **fields: Any
+    ) -> dict[str, Any] | None:
+        """Add a part's rows and bytes to its running job; None when the job stopped."""
+        update: dict[str, Any] = {"$inc": {"rows_done": rows, "bytes_done": size, **fields}}
+        return self.jobs.find_one_and_update(rules.running(job_id), update, return_document=AFTER)
+
+    def claim_merge(self, job_id: str, worker: str, stale_before: float) -> dict[str, Any] | None:
+        return self.jobs.find_one_and_update(
+            rules.merge_free(job_id, stale_before),
+            rules.merge_claim_update(time.time(), worker),
+            return_document=AFTER,
+        )
+
+    def delete_parts(self, job_id: str) -> None:
+        self.parts.coll.delete_many({"job_id": job_id})

@@ -16,6 +16,8 @@ QUEUE = "cleaning"
 CLEAN_TASK = "clean"
 SWEEP_TASK = "sweep"
 CALLBACK_TASK = "deliver_callback"
+PART_TASK = "clean_part"
+MERGE_TASK = "merge_parts"
 
 settings = get_settings()
 app = Celery("cleaning", broker=settings.redis_url, include=["src.worker.tasks"])
@@ -53,6 +55,15 @@ app.conf.update(
 def send_clean(job_id: str) -> None:
     """Queue the cleaning of one job (its id only)."""
     app.send_task(CLEAN_TASK, args=[job_id], queue=QUEUE)
+
+
+def send_part(part_id: str) -> None:
+    """Queue one part of a split job: any worker may take it."""
+    app.send_task(PART_TASK, args=[part_id], queue=QUEUE)
+
+
+def send_merge(job_id: str) -> None:
+    app.send_task(MERGE_TASK, args=[job_id], queue=QUEUE)
 
 
 def warm_up() -> None:

@@ -14,7 +14,6 @@ used. Import it only in the worker: the API exports its metrics in-process.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import shutil
@@ -66,8 +65,7 @@ _LIVE_GAUGE_PREFIX = "gauge_live"
 class JobMetrics(JobEvents):
     """Records what `runner.run_job` reports, in the pool process that ran the job."""
 
-    def __init__(self, data_dir: Path) -> None:
-        self.data_dir = data_dir
+    def __init__(self) -> None:
         self._counted: dict[str, tuple[int, int]] = {}  # job id → (rows, bytes) counted
 
     def claimed(self, doc: dict[str, Any]) -> None:
@@ -87,11 +85,10 @@ class JobMetrics(JobEvents):
             duration = max(0.0, doc["finished_ts"] - doc["started_ts"])
             metrics.JOB_DURATION.labels(status=status).observe(duration)
         if status == "succeeded":
-            # The exact totals, whatever the last progress report said.
-            self.progressed(doc["_id"], doc.get("rows_done") or 0, doc.get("bytes_total") or 0)
-            if doc.get("result"):
-                with contextlib.suppress(OSError):
-                    metrics.OUTPUT_BYTES.inc((self.data_dir / doc["result"]).stat().st_size)
+            if not doc.get("parts_total"):  # a split job's rows were counted part by part
+                # The exact totals, whatever the last progress report said.
+                self.progressed(doc["_id"], doc.get("rows_done") or 0, doc.get("bytes_total") or 0)
+            metrics.OUTPUT_BYTES.inc(doc.get("result_bytes") or 0)
         self._counted.pop(doc["_id"], None)
 
 

@@ -16,10 +16,21 @@ from pymongo.errors import PyMongoError
 
 from src.core.config import get_settings
 from src.core.logging import setup_logging
+from src.core.storage import Storage, open_storage
 from src.data.lossy import french_words
 from src.jobs import runner
 from src.jobs.store import JobStore
-from src.worker.celery_app import CALLBACK_TASK, CLEAN_TASK, SWEEP_TASK, app, send_clean
+from src.worker.celery_app import (
+    CALLBACK_TASK,
+    CLEAN_TASK,
+    MERGE_TASK,
+    PART_TASK,
+    SWEEP_TASK,
+    app,
+    send_clean,
+    send_merge,
+    send_part,
+)
 
 log = logging.getLogger(__name__)
 setup_logging()
@@ -31,9 +42,19 @@ def store() -> JobStore:
     return JobStore(get_settings())
 
 
+@lru_cache(maxsize=1)
+def files() -> Storage:
+    """The folder or bucket of job files; one client per process, like the store."""
+    return open_storage(get_settings())
+
+
+SENDERS = runner.Senders(clean=send_clean, part=send_part, merge=send_merge)
+
+
 @worker_process_init.connect
 def _fresh_client(**_: object) -> None:
     store.cache_clear()  # a MongoClient must not cross a fork
+    files.cache_clear()
 
 
 @worker_init.connect
@@ -57,17 +78,53 @@ def worker_name() -> str:
 )
 def clean(self: Task, job_id: str) -> str:
     settings = get_settings()
-    events = worker_metrics.JobMetrics(settings.data_dir)
-    outcome = runner.run_job(store(), settings, job_id, worker_name(), events)
+    events = worker_metrics.JobMetrics()
+    outcome = runner.run_job(store(), settings, job_id, worker_name(), events, files(), SENDERS)
+    return _after(self, outcome, job_id)
+
+
+def _after(task: Task, outcome: runner.Outcome, job_id: str) -> str:
     if outcome is runner.Outcome.BUSY:
         # Another worker holds it with a live heartbeat (or it just died and the
         # heartbeat is not stale yet): look again once it would be.
-        raise self.retry(countdown=settings.stale_after_seconds + 1, max_retries=20)
+        raise task.retry(countdown=get_settings().stale_after_seconds + 1, max_retries=20)
     if outcome is runner.Outcome.DONE:
         doc = store().get(job_id)
-        if doc and doc.get("callback_url"):
+        if doc and doc.get("callback_url") and doc["status"] != "running":
             callback.delay(job_id)
     return outcome.value
+
+
+@app.task(
+    name=PART_TASK,
+    bind=True,
+    autoretry_for=(PyMongoError,),
+    retry_backoff=True,
+    retry_backoff_max=30,
+    max_retries=8,
+)
+def clean_part(self: Task, part_id: str) -> str:
+    """One byte range of a split job's input."""
+    events = worker_metrics.JobMetrics()
+    outcome = runner.run_part(
+        store(), get_settings(), part_id, worker_name(), SENDERS, files(), events
+    )
+    return _after(self, outcome, part_id.partition(".")[0])
+
+
+@app.task(
+    name=MERGE_TASK,
+    bind=True,
+    autoretry_for=(PyMongoError,),
+    retry_backoff=True,
+    retry_backoff_max=30,
+    max_retries=8,
+)
+def merge_parts(self: Task, job_id: str) -> str:
+    """The last step of a split job: its parts, in order, into one result."""
+    events = worker_metrics.JobMetrics()
+    outcome = runner.run_merge(store(), get_settings(), job_id, worker_name(), files(), events)
+    return _after(self, outcome, job_id)
 
 
 @app.task(name=CALLBACK_TASK, bind=True, max_retries=None)
@@ -86,5 +143,5 @@ def callback(self: Task, job_id: str) -> bool:
 
 @app.task(name=SWEEP_TASK, autoretry_for=(PyMongoError,), max_retries=3)
 def sweep() -> dict[str, int]:
-    result = runner.sweep(store(), get_settings(), send_clean)
+    result = runner.sweep(store(), get_settings(), SENDERS)
     return {k: len(v) for k, v in vars(result).items()}
