@@ -12,6 +12,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
@@ -75,7 +76,7 @@ def plan_parts(path: Path, part_bytes: int) -> PartPlan | None:
     if quotes_before % 2 or not cuts:
         return None  # a field never closed, or no record after the header: a single run says so
     bounds = [c for c in cuts if c < size] + [size]
-    ranges = [(s, e) for s, e in zip(bounds, bounds[1:], strict=False) if e > s]
+    ranges = [(s, e) for s, e in pairwise(bounds) if e > s]
     return PartPlan(ranges) if ranges else None
 
 
