@@ -1,4 +1,4 @@
-"""Real services for integration tests and benchmarks: Redis, the store, the API, a worker.
+"""Real services for integration tests and benchmarks: Redis, the store, S3, the API, a worker.
 
 Each runs as a child process on a free loopback port. Used by the integration
 fixtures and by benchmarks/bench_api.py.
@@ -7,6 +7,7 @@ fixtures and by benchmarks/bench_api.py.
 from __future__ import annotations
 
 import contextlib
+import io
 import os
 import re
 import shutil
@@ -18,8 +19,12 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import httpx
+
+if TYPE_CHECKING:
+    from minio import Minio
 
 ROOT = Path(__file__).resolve().parents[1]
 VENV_BIN = Path(sys.executable).parent
@@ -291,6 +296,119 @@ def running_stack(workdir: Path, **extra_env: str) -> Iterator[Stack]:
     finally:
         stack.redis.stop()
         stack.store.stop()
+
+
+@dataclass
+class S3Server:
+    """An S3-compatible server: PyPI moto's, in memory (no MinIO binary exists here).
+
+    Real HTTP and the real S3 wire protocol, so the MinIO client under test is the one
+    production uses; any non-empty credentials are accepted.
+    """
+
+    port: int
+    proc: subprocess.Popen
+    workdir: Path
+    access_key: str = "test-access-key"
+    secret_key: str = "test-secret-key"
+    region: str = "us-east-1"
+
+    @property
+    def endpoint(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @classmethod
+    def start(cls, workdir: Path, port: int | None = None) -> S3Server:
+        binary = VENV_BIN / "moto_server"
+        if not binary.exists():
+            raise ServiceUnavailable("moto_server is not installed (uv sync: moto[server], dev)")
+        workdir.mkdir(parents=True, exist_ok=True)
+        log = workdir / "moto.log"
+        error: Exception | None = None
+        for _ in range(3):  # a free port can be taken before the server binds it
+            chosen = port or free_port()
+            proc = _spawn([str(binary), "-H", "127.0.0.1", "-p", str(chosen)], log)
+            server = cls(chosen, proc, workdir)
+            try:
+                wait_for(server.ping, 30, "moto_server", proc)
+                return server
+            except (RuntimeError, TimeoutError) as exc:
+                server.stop()
+                error = exc
+            except BaseException:
+                server.stop()
+                raise
+        tail = log.read_text(errors="replace")[-500:]
+        raise ServiceUnavailable(f"moto_server did not start: {error}\n{tail}")
+
+    def ping(self) -> bool:
+        # moto's own API answers once the server routes requests (no S3 signature needed)
+        return httpx.get(f"{self.endpoint}/moto-api/", timeout=1).status_code == 200
+
+    def client(self) -> Minio:
+        """The MinIO client, as the services use it, to look into the bucket from outside."""
+        from minio import Minio
+
+        return Minio(
+            f"127.0.0.1:{self.port}",
+            access_key=self.access_key,
+            secret_key=self.secret_key,
+            secure=False,
+            region=self.region,
+        )
+
+    def bucket(self, name: str) -> S3Bucket:
+        """A bucket on this server, created if missing (names have at least 3 characters)."""
+        client = self.client()
+        if not client.bucket_exists(name):
+            client.make_bucket(name)
+        return S3Bucket(self, name, client)
+
+    def stop(self) -> None:
+        stop(self.proc)
+
+
+@dataclass
+class S3Bucket:
+    """One bucket of an S3Server; tests keep apart by using a prefix each."""
+
+    server: S3Server
+    name: str
+    client: Minio
+
+    def env(self, prefix: str) -> dict[str, str]:
+        """The settings that keep a stack's files in this bucket under `prefix`."""
+        return {
+            "STORAGE_URL": f"s3://{self.name}/{prefix}",
+            "S3_ENDPOINT_URL": self.server.endpoint,
+            "S3_ACCESS_KEY": self.server.access_key,
+            "S3_SECRET_KEY": self.server.secret_key,
+            "S3_REGION": self.server.region,
+        }
+
+    def keys(self, prefix: str) -> set[str]:
+        """Every object name under `prefix/`."""
+        found = self.client.list_objects(self.name, prefix=f"{prefix}/", recursive=True)
+        return {o.object_name for o in found if o.object_name}
+
+    def incomplete_uploads(self, prefix: str) -> list[str]:
+        """Multipart uploads begun and never completed nor aborted (they hold storage).
+
+        The MinIO client lists them only through a private method; a test may use it.
+        """
+        found = self.client._list_multipart_uploads(self.name, prefix=f"{prefix}/")
+        return [u.object_name for u in found.uploads if u.object_name]
+
+    def read(self, key: str) -> bytes:
+        response = self.client.get_object(self.name, key)
+        try:
+            return response.read()
+        finally:
+            response.close()
+            response.release_conn()
+
+    def put(self, key: str, data: bytes) -> None:
+        self.client.put_object(self.name, key, io.BytesIO(data), len(data))
 
 
 @dataclass

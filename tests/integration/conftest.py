@@ -17,9 +17,10 @@ from typing import NoReturn
 import httpx
 import pytest
 
-from tests.services import ServiceUnavailable, Stack, running_stack, stop
+from tests.services import S3Bucket, S3Server, ServiceUnavailable, Stack, running_stack, stop
 
 TERMINAL = {"succeeded", "failed", "cancelled"}
+BUCKET = "cleaning-test"
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -48,6 +49,19 @@ def stack_or_skip(workdir: Path, **env: str) -> Iterator[Stack]:
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     with stack_or_skip(tmp_path_factory.mktemp("stack")) as s:
         yield s
+
+
+@pytest.fixture(scope="session")
+def s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Bucket]:
+    """A real S3 server (moto) with one bucket; each test keeps to a prefix of its own."""
+    try:
+        server = S3Server.start(tmp_path_factory.mktemp("s3"))
+    except ServiceUnavailable as exc:
+        unavailable("S3 server (moto_server)", exc)
+    try:
+        yield server.bucket(BUCKET)
+    finally:
+        server.stop()
 
 
 @pytest.fixture(scope="session")
