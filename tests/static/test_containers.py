@@ -27,6 +27,8 @@ COMPOSE_FILES = sorted(ROOT.glob("docker-compose*.yml"))
 CI_OVERRIDE = ROOT / "scripts/e2e-docker/compose.ci.yml"
 # The services of this repository's component files: api, workers, stores, ETL.
 APP_SERVICES = {"api", "ml-worker", "beat", "mongodb", "redis", "cleaning"}
+# MinIO tags its images by release date and time, not by version number.
+MINIO_TAG = re.compile(r":RELEASE\.\d{4}-\d\d-\d\dT\d\d-\d\d-\d\dZ$")
 SHARED_BEGIN = "# ---- shared recipe: begin"
 SHARED_END = "# ---- shared recipe: end"
 
@@ -254,13 +256,15 @@ def test_services_rules(model: dict) -> None:
         assert "container_name" not in service, f"{name}: container_name blocks --scale"
         image = service["image"]
         if not image.startswith("mlops-rakuten/"):
-            assert re.search(r":v?\d+(\.\d+)+(-\w+)?$", image), f"{name}: unpinned {image}"
+            assert re.search(r":v?\d+(\.\d+)+(-\w+)?$", image) or MINIO_TAG.search(image), (
+                f"{name}: unpinned {image}"
+            )
     for name in APP_SERVICES:
         assert services[name].get("init") is True, f"{name}: init: true"
-    for name in ("api", "ml-worker", "mongodb", "redis"):
+    for name in ("api", "ml-worker", "mongodb", "redis", "minio"):
         healthcheck = services[name].get("healthcheck", {})
         assert not healthcheck.get("disable"), name
-    for name in ("mongodb", "redis"):
+    for name in ("mongodb", "redis", "minio"):
         for port in services[name]["ports"]:
             assert port["host_ip"] == "127.0.0.1", f"{name} published beyond 127.0.0.1"
     for name in ("api", "ml-worker"):
@@ -275,8 +279,45 @@ def test_services_rules(model: dict) -> None:
     assert model["networks"]["mlops-network"]["name"] == "mlops-network"
 
 
+STORAGE_ENV = ("STORAGE_URL", "S3_ENDPOINT_URL", "S3_ACCESS_KEY", "S3_SECRET_KEY", "S3_REGION")
+
+
+def test_storage_settings_reach_api_and_workers(model: dict) -> None:
+    """Unset in .env: files stay under DATA_DIR; the endpoint is the minio service."""
+    services = model["services"]
+    for name in ("api", "ml-worker", "beat"):
+        env = services[name]["environment"]
+        assert set(STORAGE_ENV) <= set(env), name
+        assert env["STORAGE_URL"] == "", f"{name}: no bucket unless .env names one"
+        assert env["S3_ENDPOINT_URL"] == "http://minio:9000", name
+    minio = services["minio"]
+    assert minio["command"][:2] == ["server", "/data"]
+    assert minio["healthcheck"]["test"] == ["CMD", "mc", "ready", "local"]
+    assert any(v["source"] == "minio-data" for v in minio["volumes"])
+    assert set(minio["networks"]) == {"mlops-network"}
+
+
+def test_storage_settings_follow_env(compose: list[str], env_file: Path, tmp_path: Path) -> None:
+    """CLEANING_STORAGE_URL sends the services to the bucket, with MinIO's root user by default."""
+    env = tmp_path / "s3.env"
+    env.write_text(env_file.read_text() + "CLEANING_STORAGE_URL=s3://cleaning/jobs\n")
+    result = compose_config(compose, env, ROOT / "docker-compose.yml", fmt="json")
+    assert result.returncode == 0, result.stderr
+    services = json.loads(result.stdout)["services"]
+    secrets = read_env(env)
+    for name in ("api", "ml-worker", "beat"):
+        got = services[name]["environment"]
+        assert got["STORAGE_URL"] == "s3://cleaning/jobs", name
+        assert got["S3_ACCESS_KEY"] == secrets["MINIO_ROOT_USER"], name
+        assert got["S3_SECRET_KEY"] == secrets["MINIO_ROOT_PASSWORD"], name
+
+
+def read_env(path: Path) -> dict[str, str]:
+    return dict(line.split("=", 1) for line in path.read_text().splitlines() if "=" in line)
+
+
 def test_no_default_credentials_in_the_container_files() -> None:
     for path in [*COMPOSE_FILES, *COMPONENT_DOCKERFILES, ROOT / ".env.example"]:
         text = path.read_text().lower()
-        for word in ("changeme", "admin/admin", "password=admin", "minio123456"):
+        for word in ("changeme", "admin/admin", "password=admin", "minio123456", "minioadmin"):
             assert word not in text, f"{path.name}: {word}"
