@@ -39,6 +39,8 @@ class TooLarge(ValueError):
 
 
 def job_prefix(job_id: str) -> str:
+    if not job_id or "/" in job_id or job_id.startswith("."):
+        raise ValueError(f"not a job id: {job_id!r}")  # never the whole jobs/ folder
     return f"{JOBS_DIR}/{job_id}"
 
 
@@ -50,9 +52,10 @@ def result_relpath(job_id: str, fmt: str) -> str:
     return f"{job_prefix(job_id)}/result.{fmt}"
 
 
-def part_relpath(job_id: str, index: int) -> str:
-    """A cleaned part of a split job (Parquet: strings round-trip exactly)."""
-    return f"{job_prefix(job_id)}/{PARTS_DIR}/{index:05d}.parquet"
+def part_relpaths(job_id: str, index: int, fmt: str) -> tuple[str, str | None]:
+    """A cleaned part of a split job: its rows, and for a CSV result its keys file."""
+    stem = f"{job_prefix(job_id)}/{PARTS_DIR}/{index:05d}"
+    return f"{stem}.{fmt}", (f"{stem}.keys.parquet" if fmt == "csv" else None)
 
 
 def check_relpath(source: str) -> PurePosixPath:
@@ -281,7 +284,16 @@ class ObjectStorage(Storage):
             raise
 
     def _download(self, rel: str, target: Path, offset: int = 0, length: int = 0) -> None:
-        response = self.client.get_object(self.bucket, self.key(rel), offset=offset, length=length)
+        from minio.error import S3Error
+
+        try:
+            response = self.client.get_object(
+                self.bucket, self.key(rel), offset=offset, length=length
+            )
+        except S3Error as exc:
+            if exc.code in {"NoSuchKey", "NoSuchObject", "NotFound"}:
+                raise FileNotFoundError(f"no such object: {rel}") from None
+            raise
         try:
             with target.open("wb") as out:
                 for data in response.stream(COPY_CHUNK):

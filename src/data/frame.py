@@ -90,8 +90,31 @@ def clean_text(frame: pl.DataFrame, options: CleaningOptions, state: RunState) -
 
 def dedupe(frame: pl.DataFrame, options: CleaningOptions, state: RunState) -> pl.DataFrame:
     """The order-dependent half: ids and rows seen before in this run, in input order."""
-    if options.id_column in frame.columns and frame.height:
-        ids = frame.get_column(options.id_column).cast(pl.String).fill_null("")
+    ids = frame.get_column(options.id_column) if options.id_column in frame.columns else None
+    hashes = row_hashes(frame) if options.drop_duplicates else None
+    keep = judge_duplicates(ids, hashes, frame.height, state)
+    if keep is not None:
+        frame = frame.filter(pl.Series(keep))
+    state.rows_out += frame.height
+    return frame
+
+
+def row_hashes(frame: pl.DataFrame) -> np.ndarray:
+    """One 64-bit hash per row, over every column but the row index."""
+    keys = [c for c in frame.columns if c not in index_columns(frame.columns)]
+    return frame.select(keys).hash_rows(seed=0).to_numpy()
+
+
+def judge_duplicates(
+    ids: pl.Series | None, hashes: np.ndarray | None, height: int, state: RunState
+) -> np.ndarray | None:
+    """Count repeated ids; with row `hashes`, the rows to keep (None: keep all).
+
+    Works from ids and hashes alone, so a split job's merge can judge rows it
+    never parses again.
+    """
+    if ids is not None and height:
+        ids = ids.cast(pl.String).fill_null("")
         dup = state.ids_seen.seen_before(ids.hash(seed=0).to_numpy()) & (ids != "").to_numpy()
         state.duplicate_ids += int(dup.sum())
         if len(state.duplicate_id_examples) < MAX_ID_EXAMPLES and dup.any():
@@ -99,31 +122,37 @@ def dedupe(frame: pl.DataFrame, options: CleaningOptions, state: RunState) -> pl
                 if value not in state.duplicate_id_examples:
                     state.duplicate_id_examples.append(value)
             del state.duplicate_id_examples[MAX_ID_EXAMPLES:]
-
-    if options.drop_duplicates and frame.height:
-        keys = [c for c in frame.columns if c not in index_columns(frame.columns)]
-        dup = state.rows_seen.seen_before(frame.select(keys).hash_rows(seed=0).to_numpy())
+    if hashes is not None and height:
+        dup = state.rows_seen.seen_before(hashes)
         state.duplicate_rows_dropped += int(dup.sum())
-        frame = frame.filter(~pl.Series(dup))
-    state.rows_out += frame.height
-    return frame
+        return ~dup
+    return None
 
 
 def neutralise_formulas(frame: pl.DataFrame, state: RunState) -> pl.DataFrame:
     """Prefix cells a spreadsheet would run as formulas with a quote (OWASP CSV injection)."""
+    frame, per_row = neutralise_rows(frame)
+    state.formulas_neutralised += int(per_row.sum())
+    return frame
+
+
+def neutralise_rows(frame: pl.DataFrame) -> tuple[pl.DataFrame, np.ndarray]:
+    """`neutralise_formulas`, with the number of cells changed in each row."""
+    per_row = np.zeros(frame.height, dtype=np.uint32)
     out = []
     for name, dtype in frame.schema.items():
         if dtype != pl.String:
             continue
         col = frame.get_column(name)
-        risky = col.str.contains(FORMULA_PATTERN) & ~col.str.contains(NUMBER_PATTERN)
-        hits = int(risky.sum())
-        if hits:
-            state.formulas_neutralised += hits
+        risky = (col.str.contains(FORMULA_PATTERN) & ~col.str.contains(NUMBER_PATTERN)).fill_null(
+            False
+        )
+        if risky.any():
+            per_row += risky.to_numpy()
             out.append(
                 pl.select(pl.when(risky).then("'" + col).otherwise(col)).to_series().alias(name)
             )
-    return frame.with_columns(out) if out else frame
+    return (frame.with_columns(out) if out else frame), per_row
 
 
 def clean_pandas(frame: pd.DataFrame, options: CleaningOptions) -> pd.DataFrame:

@@ -8,6 +8,7 @@ import csv
 import io
 import os
 import re
+import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -262,9 +263,10 @@ class AtomicWriter:
     half-written result.
     """
 
-    def __init__(self, path: Path, fmt: str) -> None:
+    def __init__(self, path: Path, fmt: str, *, header: bool = True) -> None:
         self.path = path
         self.fmt = fmt
+        self.header = header
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
         os.close(fd)
@@ -284,10 +286,26 @@ class AtomicWriter:
         else:
             if self._fh is None:
                 self._fh = self.tmp.open("wb")
-                frame.write_csv(self._fh, include_header=True)
+                frame.write_csv(self._fh, include_header=self.header)
             else:
                 frame.write_csv(self._fh, include_header=False)
         self._columns = frame.columns
+
+    def _csv_file(self) -> BinaryIO:
+        if self.fmt != "csv" or (self._fh is None and self.header):
+            raise ValueError("CSV bytes go after the header: write a frame first")
+        if self._fh is None:
+            self._fh = self.tmp.open("wb")
+        return self._fh
+
+    def write_csv_bytes(self, data: bytes | memoryview) -> None:
+        """Rows already in CSV form (a split job's parts)."""
+        self._csv_file().write(data)
+
+    def copy_csv_file(self, source: Path) -> None:
+        """`write_csv_bytes` of a whole file, a megabyte at a time."""
+        with source.open("rb") as fh:
+            shutil.copyfileobj(fh, self._csv_file(), 1 << 20)
 
     def commit(self, columns: list[str]) -> None:
         """Finish the file (a header-only one if no row came) and move it into place."""

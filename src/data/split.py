@@ -9,6 +9,8 @@ single run does. The merged output is byte-identical to `clean_file`'s.
 
 from __future__ import annotations
 
+import io
+import os
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -19,7 +21,14 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-from src.data.frame import RunState, clean_text, dedupe, neutralise_formulas
+from src.data.frame import (
+    RunState,
+    clean_text,
+    dedupe,
+    judge_duplicates,
+    neutralise_rows,
+    row_hashes,
+)
 from src.data.io import AtomicWriter, iter_csv_range
 from src.data.options import CleaningOptions
 from src.data.report import CleaningReport
@@ -43,26 +52,31 @@ def plan_parts(path: Path, part_bytes: int) -> PartPlan | None:
     A newline ends a record when the number of quotes before it is even. That
     holds when every quote sits where RFC 4180 puts one: an opening quote at the
     start of a field, a closing one at its end, or a doubled quote inside. The
-    scan checks exactly that (numpy, 8 MB at a time, ~1 s a GB) and gives up on
-    anything else (a stray quote in an unquoted field, an unterminated field),
-    leaving the file to a single run, which reads it as it always did.
+    scan checks exactly that (numpy, 8 MB at a time, ~1 s a GB, read into memory
+    block by block rather than mapped, so the file never counts in the worker's
+    RSS) and gives up on anything else (a stray quote in an unquoted field, an
+    unterminated field), leaving the file to a single run, which reads it as always.
     """
     size = path.stat().st_size
-    data = np.memmap(path, dtype=np.uint8, mode="r")
-    try:
-        first = len(BOM) if bytes(data[: len(BOM)]) == BOM else 0
-        quotes_before = 0
-        cuts: list[int] = []  # record starts chosen so far; cuts[0] ends the header
-        target = 0
+    quotes_before = 0
+    cuts: list[int] = []  # record starts chosen so far; cuts[0] ends the header
+    target = 0
+    with path.open("rb") as fh:
+        first = len(BOM) if fh.read(len(BOM)) == BOM else 0
+        before = COMMA  # the file's start acts as a field start
         for a in range(first, size, SCAN_BYTES):
             b = min(a + SCAN_BYTES, size)
-            block = data[a:b]
-            q = np.flatnonzero(block == QUOTE) + a
-            if q.size and not _quotes_well_placed(data, q, quotes_before, first, size):
+            # One byte past the block (or a newline at the end of the file) and the byte
+            # before it: each quote's neighbours.
+            raw = os.pread(fh.fileno(), b - a + (b < size), a)
+            ext = np.frombuffer(bytes((before,)) + raw + (b"\n" if b == size else b""), np.uint8)
+            block = ext[1 : b - a + 1]
+            q = np.flatnonzero(block == QUOTE)
+            if q.size and not _quotes_well_placed(ext[q], ext[q + 2], quotes_before):
                 return None
-            n = np.flatnonzero(block == LF) + a
+            n = np.flatnonzero(block == LF)
             inside = (quotes_before + np.searchsorted(q, n)) % 2 == 1
-            starts = n[~inside] + 1
+            starts = n[~inside] + 1 + a
             while starts.size:
                 i = int(np.searchsorted(starts, target))
                 if i == starts.size:
@@ -71,8 +85,7 @@ def plan_parts(path: Path, part_bytes: int) -> PartPlan | None:
                 target = cuts[-1] + part_bytes
                 starts = starts[i + 1 :]
             quotes_before += q.size
-    finally:
-        del data
+            before = int(block[-1])
     if quotes_before % 2 or not cuts:
         return None  # a field never closed, or no record after the header: a single run says so
     bounds = [c for c in cuts if c < size] + [size]
@@ -80,14 +93,12 @@ def plan_parts(path: Path, part_bytes: int) -> PartPlan | None:
     return PartPlan(ranges) if ranges else None
 
 
-def _quotes_well_placed(
-    data: np.ndarray, q: np.ndarray, quotes_before: int, first: int, size: int
-) -> bool:
-    opening = (quotes_before + np.arange(q.size)) % 2 == 0
-    prev = data[np.maximum(q - 1, 0)]
-    after = data[np.minimum(q + 1, size - 1)]
-    open_ok = (q == first) | np.isin(prev, (COMMA, LF, CR, QUOTE))
-    close_ok = (q == size - 1) | np.isin(after, (COMMA, LF, CR, QUOTE))
+def _quotes_well_placed(prev: np.ndarray, after: np.ndarray, quotes_before: int) -> bool:
+    """Opening quotes (an even count before them) start a field; the others end one
+    or double a quote."""
+    opening = (quotes_before + np.arange(prev.size)) % 2 == 0
+    open_ok = np.isin(prev, (COMMA, LF, CR, QUOTE))
+    close_ok = np.isin(after, (COMMA, LF, CR, QUOTE))
     return bool(np.all(np.where(opening, open_ok, close_ok)))
 
 
@@ -106,21 +117,40 @@ def clean_part(
     header: list[str],
     encoding: str,
     options: CleaningOptions,
-    target: Path,
+    fmt: str,
+    rows_target: Path,
+    keys_target: Path | None = None,
     on_progress: Callable[[int, int], None] | None = None,
 ) -> PartResult:
-    """Clean the records in bytes [start, end) into a Parquet file, keeping every row.
+    """Clean the records in bytes [start, end), keeping every row.
 
+    For a CSV result the part writes its rows as final CSV lines (formulas
+    already neutralised) plus, in `keys_target`, what the merge needs to judge
+    duplicates: each row's id, hash, neutralised cells and byte length. The
+    merge then copies bytes instead of parsing and writing again. For Parquet,
+    the cleaned rows go to a Parquet file.
     `on_progress(rows_done, bytes_done)` runs after each chunk; what it raises
     stops the part and leaves no file.
     """
     state = RunState()
-    writer = AtomicWriter(target, "parquet")
+    csv_out = fmt == "csv"
+    if csv_out and keys_target is None:
+        raise ValueError("a CSV part needs a keys file")
+    writer = AtomicWriter(rows_target, fmt, header=False)
+    keys: list[pl.DataFrame] = []
     try:
         for chunk, done in iter_csv_range(source, start, end, header, encoding, options):
-            writer.write(clean_text(chunk, options, state))
+            cleaned = clean_text(chunk, options, state)
+            if csv_out:
+                data, chunk_keys = _csv_rows(cleaned, options)
+                writer.write_csv_bytes(data)
+                keys.append(chunk_keys)
+            else:
+                writer.write(cleaned)
             if on_progress:
                 on_progress(state.rows_in, done)
+        if csv_out and keys_target is not None:
+            _write_keys(keys, keys_target)
         writer.commit(header)
     except BaseException:
         writer.abort()
@@ -128,8 +158,48 @@ def clean_part(
     return PartResult(state.rows_in, {name: vars(c) for name, c in state.counts.items()})
 
 
+def _csv_rows(frame: pl.DataFrame, options: CleaningOptions) -> tuple[bytes, pl.DataFrame]:
+    """A chunk's final CSV lines, and its keys (computed before the formula guard, as
+    `dedupe` sees rows in a single run)."""
+    keys: dict[str, Any] = {}
+    if options.id_column in frame.columns:
+        keys["id"] = frame.get_column(options.id_column).cast(pl.String).fill_null("")
+    if options.drop_duplicates:
+        keys["row_hash"] = row_hashes(frame)
+    if options.neutralise_formulas:
+        frame, keys["formulas"] = neutralise_rows(frame)
+    buffer = io.BytesIO()
+    frame.write_csv(buffer, include_header=False)
+    data = buffer.getvalue()
+    if options.drop_duplicates:
+        keys["nbytes"] = _row_lengths(data, frame.height)
+    return data, pl.DataFrame(keys, height=frame.height)
+
+
+def _row_lengths(data: bytes, rows: int) -> np.ndarray:
+    """Byte length of each CSV line we wrote (our writer quotes every quote and newline)."""
+    arr = np.frombuffer(data, dtype=np.uint8)
+    quotes = np.flatnonzero(arr == QUOTE)
+    newlines = np.flatnonzero(arr == LF)
+    ends = newlines[np.searchsorted(quotes, newlines) % 2 == 0] + 1
+    if ends.size != rows:
+        raise RuntimeError(f"CSV lines of a part: {ends.size} found, {rows} expected")
+    return np.diff(ends, prepend=0).astype(np.uint32)
+
+
+def _write_keys(keys: list[pl.DataFrame], target: Path) -> None:
+    writer = AtomicWriter(target, "parquet")
+    try:
+        for frame in keys:
+            writer.write(frame)
+        writer.commit(["id"])  # a part with no row
+    except BaseException:
+        writer.abort()
+        raise
+
+
 def merge_parts(
-    parts: Iterable[Path],
+    parts: Iterable[tuple[Path, Path | None]],
     results: list[PartResult],
     target: Path,
     options: CleaningOptions,
@@ -139,14 +209,13 @@ def merge_parts(
     on_part: Callable[[int], None] | None = None,
     **report_fields: Any,
 ) -> CleaningReport:
-    """Concatenate cleaned parts in order, dropping duplicates as one run would.
+    """Concatenate cleaned parts (rows file, keys file) in order, dropping duplicates as
+    one run would.
 
     A row is a duplicate when the same cleaned row came earlier anywhere in the
     input, in this part or an earlier one: one `SeenHashes` spans all parts.
     Column counts add up; `report_fields` fill in the report's names and encoding.
     """
-    import pyarrow.parquet as pq
-
     from src.data.pipeline import build_report
 
     started = time.perf_counter()
@@ -157,15 +226,14 @@ def merge_parts(
             state.counts.setdefault(name, ColumnCounts()).add(ColumnCounts(**counts))
     writer = AtomicWriter(target, fmt)
     try:
-        for index, path in enumerate(parts):
-            for batch in pq.ParquetFile(path).iter_batches(batch_size=options.chunk_rows):
-                frame = pl.from_arrow(batch)
-                assert isinstance(frame, pl.DataFrame)
-                frame.columns = header  # polars renames an empty (index) column name
-                frame = dedupe(frame, options, state)
-                if fmt == "csv" and options.neutralise_formulas:
-                    frame = neutralise_formulas(frame, state)
-                writer.write(frame)
+        if fmt == "csv":
+            writer.write(_empty(header))  # the header line, as a single run writes it
+        for index, (rows, keys) in enumerate(parts):
+            if fmt == "csv":
+                assert keys is not None
+                _merge_csv_part(rows, keys, writer, state)
+            else:
+                _merge_parquet_part(rows, writer, options, header, state)
             if on_part:
                 on_part(index)
         writer.commit(header)
@@ -175,3 +243,42 @@ def merge_parts(
     return build_report(
         state, options, output_format=fmt, duration=time.perf_counter() - started, **report_fields
     )
+
+
+def _empty(header: list[str]) -> pl.DataFrame:
+    return pl.DataFrame({c: pl.Series(c, [], dtype=pl.String) for c in header})
+
+
+def _merge_csv_part(rows: Path, keys_path: Path, writer: AtomicWriter, state: RunState) -> None:
+    keys = pl.read_parquet(keys_path)
+    ids = keys.get_column("id") if "id" in keys.columns else None
+    hashes = keys.get_column("row_hash").to_numpy() if "row_hash" in keys.columns else None
+    keep = judge_duplicates(ids, hashes, keys.height, state)
+    formulas = keys.get_column("formulas").to_numpy() if "formulas" in keys.columns else None
+    if keep is None or keep.all():
+        writer.copy_csv_file(rows)
+        state.rows_out += keys.height
+        state.formulas_neutralised += int(formulas.sum()) if formulas is not None else 0
+        return
+    data = memoryview(rows.read_bytes())  # one part: bounded by PART_MB
+    ends = np.cumsum(keys.get_column("nbytes").to_numpy(), dtype=np.int64)
+    if ends.size and ends[-1] != len(data):
+        raise RuntimeError(f"part {rows.name}: {len(data)} bytes, its keys say {ends[-1]}")
+    starts = ends - keys.get_column("nbytes").to_numpy()
+    edges = np.flatnonzero(np.diff(np.concatenate(([0], keep.astype(np.int8), [0]))))
+    for first, stop in edges.reshape(-1, 2):  # runs of kept rows: [first, stop)
+        writer.write_csv_bytes(data[starts[first] : ends[stop - 1]])
+    state.rows_out += int(keep.sum())
+    state.formulas_neutralised += int(formulas[keep].sum()) if formulas is not None else 0
+
+
+def _merge_parquet_part(
+    rows: Path, writer: AtomicWriter, options: CleaningOptions, header: list[str], state: RunState
+) -> None:
+    import pyarrow.parquet as pq
+
+    for batch in pq.ParquetFile(rows).iter_batches(batch_size=options.chunk_rows):
+        frame = pl.from_arrow(batch)
+        assert isinstance(frame, pl.DataFrame)
+        frame.columns = header  # polars renames an empty (index) column name
+        writer.write(dedupe(frame, options, state))

@@ -105,7 +105,7 @@ def merge_free(job_id: str, stale_before: float) -> Filter:
 
 
 def merge_claim_update(now: float, worker: str) -> Update:
-    return {"$set": {"merge_ts": now, "worker": worker}}
+    return {"$set": {"merge_ts": now, "merge_started_ts": now, "worker": worker}}
 
 
 def stale_merge(stale_before: float) -> Filter:

@@ -6,6 +6,7 @@ polars): the API never imports this module.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
@@ -190,7 +191,7 @@ def _clean(
     except ClaimLost:
         log.warning("job %s: claim lost (requeued or cancelled elsewhere); stopping", job_id)
         return Outcome.GONE
-    except InputError as exc:
+    except (InputError, FileNotFoundError) as exc:
         finished = store.finish(job_id, owned, JobStatus.FAILED, error=str(exc))
         log.info("job %s: failed on its input: %s", job_id, exc)
         _finished(events, finished)
@@ -344,12 +345,15 @@ def run_part(
             options = CleaningOptions.model_validate(job.get("options") or {})
             header, encoding = _header(files, job["input"], options)
             span = (claimed["start"], claimed["end"])
+            fmt = job.get("output_format", "csv")
+            rows_rel, keys_rel = storage.part_relpaths(job_id, claimed["index"], fmt)
             with (
                 files.fetch_range(job["input"], *span) as (local, start, end),
-                files.publish(storage.part_relpath(job_id, claimed["index"])) as target,
+                files.publish(rows_rel) as rows,
+                files.publish(keys_rel) if keys_rel else contextlib.nullcontext() as keys,
             ):
                 result = clean_part(
-                    local, start, end, header, encoding, options, target, on_progress
+                    local, start, end, header, encoding, options, fmt, rows, keys, on_progress
                 )
         except JobCancelled:
             store.parts.finish(part, owned, JobStatus.CANCELLED, error="cancelled by request")
@@ -474,10 +478,14 @@ def run_merge(
     fmt = job.get("output_format", "csv")
     result_rel = storage.result_relpath(job_id, fmt)
 
-    def fetched() -> Iterator[Path]:
+    def fetched() -> Iterator[tuple[Path, Path | None]]:
         for p in parts:
-            with files.fetch(storage.part_relpath(job_id, p["index"])) as local:
-                yield local
+            rows_rel, keys_rel = storage.part_relpaths(job_id, p["index"], fmt)
+            with (
+                files.fetch(rows_rel) as rows,
+                files.fetch(keys_rel) if keys_rel else contextlib.nullcontext() as keys,
+            ):
+                yield rows, keys
 
     def on_part(_: int) -> None:
         current = store.get(job_id)
