@@ -543,7 +543,13 @@ def run_merge(
         rows_done=report.rows_in,
         rows_total=report.rows_in,
     )
-    log.info("job %s: %s, %s rows", job_id, "succeeded" if done else "claim lost", report.rows_in)
+    log.info(
+        "job %s: %s, %s rows (merge %.1f s)",
+        job_id,
+        "succeeded" if done else "claim lost",
+        report.rows_in,
+        time.time() - claimed["merge_started_ts"],
+    )
     _finished(events, done)
     if done:
         files.remove_parts(job_id)
