@@ -32,17 +32,28 @@ class SeenHashes:
         self._levels: list[np.ndarray] = []
 
     def seen_before(self, hashes: np.ndarray) -> np.ndarray:
-        """Mark hashes already seen (or repeated within `hashes`) and remember them all."""
-        dup = np.ones(hashes.size, dtype=bool)
-        dup[np.unique(hashes, return_index=True)[1]] = False  # first occurrences
+        """Mark hashes already seen (or repeated within `hashes`) and remember them all.
+
+        Sort-based throughout (numpy's hash-based `unique` is several times slower
+        here); levels hold disjoint sorted arrays, so merging two is one stable sort
+        of two sorted runs.
+        """
+        order = np.argsort(hashes, kind="stable")  # equal hashes keep input order
+        ordered = hashes[order]
+        first = np.ones(ordered.size, dtype=bool)
+        first[1:] = ordered[1:] != ordered[:-1]
+        new = ordered[first]  # sorted, unique
+        seen = np.zeros(new.size, dtype=bool)
         for level in self._levels:
-            pos = np.searchsorted(level, hashes)
-            pos[pos == level.size] = 0
-            dup |= level[pos] == hashes
-        new = np.unique(hashes)
+            pos = np.minimum(np.searchsorted(level, new), level.size - 1)
+            seen |= level[pos] == new
+        dup = np.empty(hashes.size, dtype=bool)
+        dup[order] = ~first | seen[np.cumsum(first) - 1]
+        new = new[~seen]
         while self._levels and self._levels[-1].size <= new.size:
-            new = np.union1d(self._levels.pop(), new)
-        self._levels.append(new)
+            new = np.sort(np.concatenate((self._levels.pop(), new)), kind="stable")
+        if new.size:
+            self._levels.append(new)
         return dup
 
 

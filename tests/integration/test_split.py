@@ -239,3 +239,54 @@ def test_redelivery_cap_applies_per_part(sstack: Stack, sample_path: Path) -> No
         assert "part 1 of the input" in job["error"] and "redelivery cap" in job["error"]
     finally:
         store.close()
+
+
+def test_sweep_requeues_a_silent_part_and_resends_a_dead_merge(sstack: Stack) -> None:
+    """A part whose worker went silent is queued again; so is a merge whose merger died."""
+    env = sstack.env()
+    settings = Settings(
+        mongo_url=env["MONGO_URL"],
+        mongo_db=env["MONGO_DB"],
+        redis_url=env["REDIS_URL"],
+        data_dir=Path(env["DATA_DIR"]),
+        stale_after_seconds=3,
+    )
+    store = JobStore(settings)
+    sent: dict[str, list[str]] = {"clean": [], "part": [], "merge": []}
+    senders = runner.Senders(
+        clean=sent["clean"].append, part=sent["part"].append, merge=sent["merge"].append
+    )
+    try:
+        ids = []
+        for merging in (False, True):
+            job_id = new_job_id()
+            doc = new_job_doc(
+                job_id=job_id,
+                input_relpath="none.csv",
+                input_name="none.csv",
+                options={},
+                output_format="csv",
+                retention_hours=1,
+            )
+            store.jobs.insert_one({**doc, "status": "running", "worker": "planner:1"})
+            parts = [new_part_doc(doc, i, i * 10, i * 10 + 10) for i in range(2)]
+            assert store.split(job_id, "planner:1", parts, 20)
+            if merging:  # both parts done, the merger silent for a minute
+                store.parts.coll.update_many({"job_id": job_id}, {"$set": {"status": "succeeded"}})
+                store.jobs.update_one({"_id": job_id}, {"$set": {"merge_ts": time.time() - 60}})
+            else:  # part 2 running on a worker silent for a minute
+                store.parts.coll.update_one(
+                    {"_id": parts[1]["_id"]},
+                    {"$set": {"status": "running", "worker": "w:9", "heartbeat_ts": 1.0}},
+                )
+            ids.append((job_id, parts))
+        result = runner.sweep(store, settings, senders)
+        (split_job, split_parts), (merging_job, _) = ids
+        assert split_parts[1]["_id"] in result.requeued
+        assert store.parts.get(split_parts[1]["_id"])["status"] == "queued"
+        assert sent["part"] == [split_parts[1]["_id"]]
+        assert sent["merge"] == [merging_job]
+        assert sent["clean"] == []  # the split jobs themselves are never requeued whole
+        assert store.get(split_job)["status"] == "running"
+    finally:
+        store.close()
