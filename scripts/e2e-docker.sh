@@ -369,6 +369,8 @@ CLEANING_API_KEYS=$API_KEY
 GRAFANA_ADMIN_PASSWORD=$(od -An -N16 -tx1 /dev/urandom | tr -d ' \n')
 MINIO_ROOT_USER=e2e
 MINIO_ROOT_PASSWORD=$(od -An -N16 -tx1 /dev/urandom | tr -d ' \n')
+SPLIT_ABOVE_MB=0.1
+PART_MB=0.02
 API_BIND=127.0.0.1
 API_PORT=$API_PORT
 MONGO_PORT=$(free_port)
@@ -383,6 +385,11 @@ pass "compose: api, 2 ml-workers, beat, redis and the store up and healthy in $(
 "$VENV_PY" "$HERE/checks.py" job "http://127.0.0.1:$API_PORT" "$API_KEY" "$SAMPLE" \
   "$WORK/etl/cleaned/rakuten_sample.csv" || die "job through the composed containers"
 pass "compose: the real sample cleaned as a job through the API's published port"
+# SPLIT_ABOVE_MB=0.1 made it a split job (~19 parts): both ml-worker containers took parts.
+compose -f docker-compose.yml -f "$HERE/compose.ci.yml" logs --no-color ml-worker >"$WORK/parts.log" 2>&1
+containers=$(grep -E ': part [0-9]+/[0-9]+ claimed by' "$WORK/parts.log" | cut -d'|' -f1 | sort -u | wc -l)
+[ "$containers" -ge 2 ] || die "the split job's parts ran in $containers ml-worker container(s), not 2"
+pass "compose: one job's parts cleaned by both ml-worker containers (--scale ml-worker=2), merged"
 swept() {
   compose -f docker-compose.yml -f "$HERE/compose.ci.yml" logs ml-worker >"$WORK/workers.log" 2>&1
   grep -q 'Task sweep\[.*\] succeeded' "$WORK/workers.log"

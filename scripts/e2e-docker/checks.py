@@ -98,6 +98,8 @@ def job(base_url: str, api_key: str, sample: str, expected_csv: str) -> None:
         done = wait_job(client, job_id)
         expect(done["status"] == "succeeded", "worker: the job succeeded", done)
         expect(done["progress"]["rows_done"] == SAMPLE_ROWS, "worker: progress counts every row")
+        parts = done["progress"].get("parts_total") or 0
+        expect(parts >= 2, f"worker: the job was split into {parts} parts (SPLIT_ABOVE_MB)", done)
         check_report(done["report"], "job")
         result = client.get(f"/jobs/{job_id}/result")
         expect(result.status_code == 200, "api: the result downloads")

@@ -66,26 +66,28 @@ def plan_parts(path: Path, part_bytes: int) -> PartPlan | None:
         before = COMMA  # the file's start acts as a field start
         for a in range(first, size, SCAN_BYTES):
             b = min(a + SCAN_BYTES, size)
-            # One byte past the block (or a newline at the end of the file) and the byte
-            # before it: each quote's neighbours.
-            raw = os.pread(fh.fileno(), b - a + (b < size), a)
-            ext = np.frombuffer(bytes((before,)) + raw + (b"\n" if b == size else b""), np.uint8)
-            block = ext[1 : b - a + 1]
-            q = np.flatnonzero(block == QUOTE)
-            if q.size and not _quotes_well_placed(ext[q], ext[q + 2], quotes_before):
-                return None
-            n = np.flatnonzero(block == LF)
-            inside = (quotes_before + np.searchsorted(q, n)) % 2 == 1
-            starts = n[~inside] + 1 + a
-            while starts.size:
-                i = int(np.searchsorted(starts, target))
-                if i == starts.size:
+            raw = os.pread(fh.fileno(), b - a + (b < size), a)  # one byte past the block
+            data = np.frombuffer(raw, dtype=np.uint8)
+            q = np.flatnonzero(data[: b - a] == QUOTE)
+            if q.size:
+                prev = data[np.maximum(q - 1, 0)]
+                prev[q == 0] = before
+                after = data[np.minimum(q + 1, data.size - 1)]
+                after[q + 1 >= data.size] = LF  # the end of the file ends a field
+                if not _quotes_well_placed(prev, after, quotes_before):
+                    return None
+            # Record starts: the first newline past each target outside quotes.
+            while target < b:
+                n = raw.find(b"\n", max(target - a, 0), b - a)
+                if n < 0:
                     break
-                cuts.append(int(starts[i]))
-                target = cuts[-1] + part_bytes
-                starts = starts[i + 1 :]
+                if (quotes_before + int(np.searchsorted(q, n))) % 2 == 0:
+                    cuts.append(a + n + 1)
+                    target = cuts[-1] + part_bytes
+                else:
+                    target = a + n + 1
             quotes_before += q.size
-            before = int(block[-1])
+            before = int(data[b - a - 1])
     if quotes_before % 2 or not cuts:
         return None  # a field never closed, or no record after the header: a single run says so
     bounds = [c for c in cuts if c < size] + [size]

@@ -495,6 +495,7 @@ def run_merge(
             raise JobCancelled
 
     log.info("job %s: merging %s parts (%s)", job_id, len(parts), worker)
+    files.remove_partial_results(job_id)  # a merger killed mid-write left its temp file
     with Heartbeat(store, job_id, worker, settings.heartbeat_seconds, field="merge_ts"):
         try:
             options = CleaningOptions.model_validate(job.get("options") or {})
