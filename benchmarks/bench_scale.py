@@ -95,7 +95,7 @@ def run_job(stack: Stack, client: httpx.Client, workers: int, name: str, **env: 
         r.raise_for_status()
         job_id = r.json()["id"]
         while (job := client.get(f"/jobs/{job_id}").json())["status"] in ("queued", "running"):
-            time.sleep(0.2)
+            time.sleep(1)  # times come from the job itself; polling less leaves the cores be
         if job["status"] != "succeeded":
             raise SystemExit(f"{name}: job {job['status']}: {job['error']}")
         rss = [peak_rss_mb(pid) for proc in procs for pid in pool_processes(proc.pid)]

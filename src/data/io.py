@@ -263,10 +263,11 @@ class AtomicWriter:
     half-written result.
     """
 
-    def __init__(self, path: Path, fmt: str, *, header: bool = True) -> None:
+    def __init__(self, path: Path, fmt: str, *, header: bool = True, durable: bool = True) -> None:
         self.path = path
         self.fmt = fmt
         self.header = header
+        self.durable = durable  # fsync before the rename (not for intermediate files)
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
         os.close(fd)
@@ -329,7 +330,8 @@ class AtomicWriter:
             self._parquet.close()
         if self._fh is not None:
             self._fh.flush()
-            os.fsync(self._fh.fileno())
+            if self.durable:
+                os.fsync(self._fh.fileno())
             self._fh.close()
         self.tmp.chmod(0o644)
         os.replace(self.tmp, self.path)

@@ -110,6 +110,7 @@ class PartResult:
 
     rows: int = 0
     counts: dict[str, dict[str, int]] = field(default_factory=dict)
+    nbytes: int = 0  # the rows file's size: the merge checks it (parts are not fsynced)
 
 
 def clean_part(
@@ -138,7 +139,8 @@ def clean_part(
     csv_out = fmt == "csv"
     if csv_out and keys_target is None:
         raise ValueError("a CSV part needs a keys file")
-    writer = AtomicWriter(rows_target, fmt, header=False)
+    # Not fsynced: a part is an intermediate file, and the merge checks its size.
+    writer = AtomicWriter(rows_target, fmt, header=False, durable=False)
     keys: list[pl.DataFrame] = []
     try:
         for chunk, done in iter_csv_range(source, start, end, header, encoding, options):
@@ -157,7 +159,8 @@ def clean_part(
     except BaseException:
         writer.abort()
         raise
-    return PartResult(state.rows_in, {name: vars(c) for name, c in state.counts.items()})
+    counts = {name: vars(c) for name, c in state.counts.items()}
+    return PartResult(state.rows_in, counts, rows_target.stat().st_size)
 
 
 def _csv_rows(frame: pl.DataFrame, options: CleaningOptions) -> tuple[bytes, pl.DataFrame]:
@@ -190,7 +193,7 @@ def _row_lengths(data: bytes, rows: int) -> np.ndarray:
 
 
 def _write_keys(keys: list[pl.DataFrame], target: Path) -> None:
-    writer = AtomicWriter(target, "parquet")
+    writer = AtomicWriter(target, "parquet", durable=False)
     try:
         for frame in keys:
             writer.write(frame)
@@ -231,6 +234,11 @@ def merge_parts(
         if fmt == "csv":
             writer.write(_empty(header))  # the header line, as a single run writes it
         for index, (rows, keys) in enumerate(parts):
+            if results[index].nbytes and rows.stat().st_size != results[index].nbytes:
+                raise RuntimeError(
+                    f"part {index + 1}'s file holds {rows.stat().st_size:,} bytes, "
+                    f"{results[index].nbytes:,} were written: clean the input again"
+                )
             if fmt == "csv":
                 assert keys is not None
                 _merge_csv_part(rows, keys, writer, state)

@@ -321,13 +321,23 @@ def run_part(
     if job is None or job["status"] != JobStatus.RUNNING.value:
         store.parts.finish(part, rules.owned(part, worker), JobStatus.CANCELLED, error="job ended")
         return Outcome.GONE
+    if job.get("cancel_requested"):
+        store.parts.finish(part, rules.owned(part, worker), JobStatus.CANCELLED, error="cancelled")
+        _end_split(store, files, job_id, JobStatus.CANCELLED, "cancelled by request", events)
+        return Outcome.DONE
     label = f"part {claimed['index'] + 1}/{job['parts_total']}"
     if before.get("rows_done") or before.get("bytes_done"):  # the lost attempt's progress
         store.add_split_progress(job_id, -before["rows_done"], -before["bytes_done"])
     log.info("job %s: %s claimed by %s (attempt %s)", job_id, label, worker, claimed["attempts"])
     counted = [0, 0]
+    reported = [time.monotonic()]
 
     def on_progress(rows_done: int, bytes_done: int) -> None:
+        # Every HEARTBEAT_SECONDS at most: a large job has many parts on few cores, and
+        # the store's work is theirs to share (the heartbeat thread keeps the claim alive).
+        if time.monotonic() - reported[0] < settings.heartbeat_seconds:
+            return
+        reported[0] = time.monotonic()
         size = claimed["end"] - claimed["start"]
         if store.parts.progress(part, worker, rows_done, None, bytes_done, size) is None:
             raise ClaimLost
@@ -376,7 +386,12 @@ def run_part(
             _end_split(store, files, job_id, JobStatus.FAILED, error, events)
             return Outcome.DONE
     done = store.parts.finish(
-        part, owned, JobStatus.SUCCEEDED, rows_done=result.rows, counts=result.counts
+        part,
+        owned,
+        JobStatus.SUCCEEDED,
+        rows_done=result.rows,
+        counts=result.counts,
+        rows_bytes=result.nbytes,
     )
     if done is None:
         return Outcome.GONE
@@ -503,7 +518,10 @@ def run_merge(
             with files.publish(result_rel) as target:
                 report = merge_parts(
                     fetched(),
-                    [PartResult(p["rows_done"], p.get("counts") or {}) for p in parts],
+                    [
+                        PartResult(p["rows_done"], p.get("counts") or {}, p.get("rows_bytes") or 0)
+                        for p in parts
+                    ],
                     target,
                     options,
                     fmt,

@@ -172,7 +172,7 @@ def test_killed_worker_costs_one_part_not_the_job(
     sstack: Stack, sapi: httpx.Client, tmp_path: Path
 ) -> None:
     """SIGKILL the pool process of a running part: that part alone runs again."""
-    env = {"PART_MB": "1"}  # ~6 parts of ~1,600 rows, progress every 300
+    env = {"PART_MB": "2"}  # 3 parts of ~3,400 rows, progress every HEARTBEAT_SECONDS
     workers = [sstack.start_worker(f"split-kill{i}", concurrency=1, **env) for i in (1, 2)]
     try:
         source = kill_trials.make_input(tmp_path / "kill.csv")
