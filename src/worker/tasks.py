@@ -68,14 +68,17 @@ def worker_name() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
 
-@app.task(
-    name=CLEAN_TASK,
-    bind=True,
-    autoretry_for=(PyMongoError,),
-    retry_backoff=True,
-    retry_backoff_max=30,
-    max_retries=8,
-)
+# Job steps retry a store outage with backoff; BUSY retries are theirs (`_after`).
+JOB_TASK = {
+    "bind": True,
+    "autoretry_for": (PyMongoError,),
+    "retry_backoff": True,
+    "retry_backoff_max": 30,
+    "max_retries": 8,
+}
+
+
+@app.task(name=CLEAN_TASK, **JOB_TASK)
 def clean(self: Task, job_id: str) -> str:
     settings = get_settings()
     events = worker_metrics.JobMetrics()
@@ -95,14 +98,7 @@ def _after(task: Task, outcome: runner.Outcome, job_id: str) -> str:
     return outcome.value
 
 
-@app.task(
-    name=PART_TASK,
-    bind=True,
-    autoretry_for=(PyMongoError,),
-    retry_backoff=True,
-    retry_backoff_max=30,
-    max_retries=8,
-)
+@app.task(name=PART_TASK, **JOB_TASK)
 def clean_part(self: Task, part_id: str) -> str:
     """One byte range of a split job's input."""
     events = worker_metrics.JobMetrics()
@@ -112,14 +108,7 @@ def clean_part(self: Task, part_id: str) -> str:
     return _after(self, outcome, part_id.partition(".")[0])
 
 
-@app.task(
-    name=MERGE_TASK,
-    bind=True,
-    autoretry_for=(PyMongoError,),
-    retry_backoff=True,
-    retry_backoff_max=30,
-    max_retries=8,
-)
+@app.task(name=MERGE_TASK, **JOB_TASK)
 def merge_parts(self: Task, job_id: str) -> str:
     """The last step of a split job: its parts, in order, into one result."""
     events = worker_metrics.JobMetrics()

@@ -204,89 +204,76 @@ def test_killed_worker_costs_one_part_not_the_job(
             stop(proc)
 
 
-def test_redelivery_cap_applies_per_part(sstack: Stack, sample_path: Path) -> None:
+@pytest.fixture
+def direct_store(sstack: Stack) -> Iterator[tuple[JobStore, Settings]]:
+    """The stack's store and settings, for tests that drive `runner` without a worker."""
+    env = sstack.env()
+    settings = Settings(
+        mongo_url=env["MONGO_URL"],
+        mongo_db=env["MONGO_DB"],
+        redis_url=env["REDIS_URL"],
+        data_dir=Path(env["DATA_DIR"]),
+        stale_after_seconds=3,
+    )
+    store = JobStore(settings)
+    yield store, settings
+    store.close()
+
+
+def running_split_job(store: JobStore, parts: int) -> tuple[str, list[dict]]:
+    """A job split into `parts` queued parts of 10 bytes, as a planner leaves it."""
+    job_id = new_job_id()
+    doc = new_job_doc(
+        job_id=job_id,
+        input_relpath="none.csv",
+        input_name="none.csv",
+        options={},
+        output_format="csv",
+        retention_hours=1,
+    )
+    store.jobs.insert_one({**doc, "status": "running", "worker": "planner:1"})
+    docs = [new_part_doc(doc, i, i * 10, i * 10 + 10) for i in range(parts)]
+    assert store.split(job_id, "planner:1", docs, parts * 10)
+    return job_id, docs
+
+
+def test_redelivery_cap_applies_per_part(direct_store: tuple[JobStore, Settings]) -> None:
     """A part whose workers kept dying fails the job, naming the part."""
-    env = sstack.env()
-    settings = Settings(
-        mongo_url=env["MONGO_URL"],
-        mongo_db=env["MONGO_DB"],
-        redis_url=env["REDIS_URL"],
-        data_dir=Path(env["DATA_DIR"]),
-        stale_after_seconds=3,
+    store, settings = direct_store
+    job_id, (part,) = running_split_job(store, 1)
+    store.parts.coll.update_one(
+        {"_id": part["_id"]},
+        {"$set": {"status": "running", "attempts": settings.max_attempts, "heartbeat_ts": 0}},
     )
-    store = JobStore(settings)
-    try:
-        job_id = new_job_id()
-        doc = new_job_doc(
-            job_id=job_id,
-            input_relpath="none.csv",
-            input_name="none.csv",
-            options={},
-            output_format="csv",
-            retention_hours=1,
-        )
-        store.jobs.insert_one({**doc, "status": "running", "worker": "planner:1"})
-        part = new_part_doc(doc, 0, 0, 10)
-        assert store.split(job_id, "planner:1", [part], 10)
-        store.parts.coll.update_one(
-            {"_id": part["_id"]},
-            {"$set": {"status": "running", "attempts": settings.max_attempts, "heartbeat_ts": 0}},
-        )
-        senders = runner.Senders(clean=print, part=print, merge=print)
-        assert runner.run_part(store, settings, part["_id"], "w:2", senders) is runner.Outcome.DONE
-        job = store.get(job_id)
-        assert job["status"] == "failed"
-        assert "part 1 of the input" in job["error"] and "redelivery cap" in job["error"]
-    finally:
-        store.close()
+    senders = runner.Senders(clean=print, part=print, merge=print)
+    assert runner.run_part(store, settings, part["_id"], "w:2", senders) is runner.Outcome.DONE
+    job = store.get(job_id)
+    assert job["status"] == "failed"
+    assert "part 1 of the input" in job["error"] and "redelivery cap" in job["error"]
 
 
-def test_sweep_requeues_a_silent_part_and_resends_a_dead_merge(sstack: Stack) -> None:
+def test_sweep_requeues_a_silent_part_and_resends_a_dead_merge(
+    direct_store: tuple[JobStore, Settings],
+) -> None:
     """A part whose worker went silent is queued again; so is a merge whose merger died."""
-    env = sstack.env()
-    settings = Settings(
-        mongo_url=env["MONGO_URL"],
-        mongo_db=env["MONGO_DB"],
-        redis_url=env["REDIS_URL"],
-        data_dir=Path(env["DATA_DIR"]),
-        stale_after_seconds=3,
-    )
-    store = JobStore(settings)
+    store, settings = direct_store
     sent: dict[str, list[str]] = {"clean": [], "part": [], "merge": []}
     senders = runner.Senders(
         clean=sent["clean"].append, part=sent["part"].append, merge=sent["merge"].append
     )
-    try:
-        ids = []
-        for merging in (False, True):
-            job_id = new_job_id()
-            doc = new_job_doc(
-                job_id=job_id,
-                input_relpath="none.csv",
-                input_name="none.csv",
-                options={},
-                output_format="csv",
-                retention_hours=1,
-            )
-            store.jobs.insert_one({**doc, "status": "running", "worker": "planner:1"})
-            parts = [new_part_doc(doc, i, i * 10, i * 10 + 10) for i in range(2)]
-            assert store.split(job_id, "planner:1", parts, 20)
-            if merging:  # both parts done, the merger silent for a minute
-                store.parts.coll.update_many({"job_id": job_id}, {"$set": {"status": "succeeded"}})
-                store.jobs.update_one({"_id": job_id}, {"$set": {"merge_ts": time.time() - 60}})
-            else:  # part 2 running on a worker silent for a minute
-                store.parts.coll.update_one(
-                    {"_id": parts[1]["_id"]},
-                    {"$set": {"status": "running", "worker": "w:9", "heartbeat_ts": 1.0}},
-                )
-            ids.append((job_id, parts))
-        result = runner.sweep(store, settings, senders)
-        (split_job, split_parts), (merging_job, _) = ids
-        assert split_parts[1]["_id"] in result.requeued
-        assert store.parts.get(split_parts[1]["_id"])["status"] == "queued"
-        assert sent["part"] == [split_parts[1]["_id"]]
-        assert sent["merge"] == [merging_job]
-        assert sent["clean"] == []  # the split jobs themselves are never requeued whole
-        assert store.get(split_job)["status"] == "running"
-    finally:
-        store.close()
+    split_job, split_parts = running_split_job(store, 2)
+    store.parts.coll.update_one(  # part 2 running on a worker silent for a minute
+        {"_id": split_parts[1]["_id"]},
+        {"$set": {"status": "running", "worker": "w:9", "heartbeat_ts": 1.0}},
+    )
+    merging_job, _ = running_split_job(store, 2)  # both parts done, the merger silent
+    store.parts.coll.update_many({"job_id": merging_job}, {"$set": {"status": "succeeded"}})
+    store.jobs.update_one({"_id": merging_job}, {"$set": {"merge_ts": time.time() - 60}})
+
+    result = runner.sweep(store, settings, senders)
+    assert split_parts[1]["_id"] in result.requeued
+    assert store.parts.get(split_parts[1]["_id"])["status"] == "queued"
+    assert sent["part"] == [split_parts[1]["_id"]]
+    assert sent["merge"] == [merging_job]
+    assert sent["clean"] == []  # the split jobs themselves are never requeued whole
+    assert store.get(split_job)["status"] == "running"
