@@ -21,7 +21,7 @@ from src.core.storage import (
     Storage,
     TooLarge,
     input_relpath,
-    part_relpath,
+    part_relpaths,
     result_relpath,
 )
 from tests.services import S3Bucket
@@ -130,7 +130,7 @@ def test_publish_stores_on_success(files: Storage) -> None:
 
 
 def test_publish_stores_nothing_on_an_exception(files: Storage) -> None:
-    rel = part_relpath("job1", 3)
+    rel = part_relpaths("job1", 3, "csv")[0]
     with pytest.raises(RuntimeError, match="cancelled"), files.publish(rel) as path:
         path.write_bytes(DATA)
         raise RuntimeError("cancelled")
@@ -180,7 +180,11 @@ def test_resolve_source_refuses(files: Storage, source: str, error: type[Excepti
 
 
 def test_remove_job_removes_only_that_job(files: Storage) -> None:
-    mine = [input_relpath("job1", ".csv"), part_relpath("job1", 0), result_relpath("job1", "csv")]
+    mine = [
+        input_relpath("job1", ".csv"),
+        part_relpaths("job1", 0, "csv")[1],
+        result_relpath("job1", "csv"),
+    ]
     # job10 shares job1's name as a prefix: a key match without the '/' would take it too
     theirs = [input_relpath("job10", ".csv"), result_relpath("job2", "csv"), "raw/keep.csv"]
     for rel in mine + theirs:
@@ -192,7 +196,7 @@ def test_remove_job_removes_only_that_job(files: Storage) -> None:
 
 
 def test_remove_parts_keeps_input_and_result(files: Storage) -> None:
-    parts = [part_relpath("job1", i) for i in range(3)]
+    parts = [rel for i in range(3) for rel in part_relpaths("job1", i, "csv")]
     kept = [input_relpath("job1", ".csv"), result_relpath("job1", "csv")]
     for rel in parts + kept:
         put(files, rel, rel.encode())
@@ -248,3 +252,14 @@ def test_ensure_bucket_creates_a_missing_one(s3: S3Bucket, tmp_path: Path) -> No
     put(files, "x.csv", b"x")
     assert s3.client.bucket_exists(name)
     assert read(files, "x.csv") == b"x"
+
+
+def test_a_missing_file_is_file_not_found_on_both(files: Storage) -> None:
+    """The runner turns this into a job `failed` with a readable error, on either backend."""
+    with pytest.raises(FileNotFoundError), files.fetch("jobs/none/input.csv") as path:
+        path.read_bytes()
+
+
+def test_remove_job_refuses_an_empty_id(files: Storage) -> None:
+    with pytest.raises(ValueError, match="not a job id"):
+        files.remove_job("")
