@@ -13,6 +13,7 @@ import contextlib
 import hashlib
 import os
 import shutil
+import socket
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path, PurePosixPath
@@ -268,7 +269,7 @@ class ObjectStorage(Storage):
 
     def _scratch_file(self, suffix: str) -> Path:
         self.scratch.mkdir(parents=True, exist_ok=True)
-        fd, name = tempfile.mkstemp(prefix="s3-", suffix=suffix, dir=self.scratch)
+        fd, name = tempfile.mkstemp(prefix=_scratch_prefix(), suffix=suffix, dir=self.scratch)
         with open(fd, "wb"):
             pass
         return Path(name)
@@ -323,7 +324,7 @@ class ObjectStorage(Storage):
 
     @contextlib.contextmanager
     def publish(self, rel: str) -> Iterator[Path]:
-        folder = Path(tempfile.mkdtemp(prefix="s3-out-", dir=self._ensure_scratch()))
+        folder = Path(tempfile.mkdtemp(prefix=_scratch_prefix(), dir=self._ensure_scratch()))
         local = folder / PurePosixPath(rel).name
         try:
             yield local
@@ -380,8 +381,36 @@ class ObjectStorage(Storage):
     def remove_job(self, job_id: str) -> None:
         self._remove_prefix(job_prefix(job_id))
 
+    def remove_partial_results(self, job_id: str) -> None:
+        """Scratch copies of this host's processes that died (SIGKILL skips `finally`).
+
+        Each name carries its host and pid; a live process's copies are never touched.
+        """
+        host = socket.gethostname()
+        for entry in self.scratch.glob(f"s3-{host}-*-*") if self.scratch.exists() else []:
+            pid = entry.name.removeprefix(f"s3-{host}-").split("-", 1)[0]
+            if pid.isdigit() and not _alive(int(pid)):
+                if entry.is_dir():
+                    shutil.rmtree(entry, ignore_errors=True)
+                else:
+                    entry.unlink(missing_ok=True)
+
     def remove_parts(self, job_id: str) -> None:
         self._remove_prefix(f"{job_prefix(job_id)}/{PARTS_DIR}")
+
+
+def _scratch_prefix() -> str:
+    return f"s3-{socket.gethostname()}-{os.getpid()}-"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def open_storage(settings: Settings) -> Storage:

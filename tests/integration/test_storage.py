@@ -8,6 +8,10 @@ from __future__ import annotations
 
 import hashlib
 import io
+import os
+import socket
+import subprocess
+import sys
 import uuid
 from pathlib import Path
 
@@ -34,7 +38,10 @@ DATA = bytes(range(256)) * 6_000 + b"tail"
 def files(request: pytest.FixtureRequest, tmp_path: Path) -> Storage:
     if request.param == "local":
         return LocalStorage(tmp_path / "data")
-    bucket: S3Bucket = request.getfixturevalue("s3")
+    return object_storage(request.getfixturevalue("s3"), tmp_path)
+
+
+def object_storage(bucket: S3Bucket, tmp_path: Path) -> ObjectStorage:
     env = bucket.env(f"t-{uuid.uuid4().hex[:12]}")
     return ObjectStorage(
         env["STORAGE_URL"],
@@ -263,3 +270,23 @@ def test_a_missing_file_is_file_not_found_on_both(files: Storage) -> None:
 def test_remove_job_refuses_an_empty_id(files: Storage) -> None:
     with pytest.raises(ValueError, match="not a job id"):
         files.remove_job("")
+
+
+def test_scratch_of_dead_processes_is_removed(s3: S3Bucket, tmp_path: Path) -> None:
+    """A worker SIGKILLed mid-download leaves its scratch copy; the next job removes it."""
+    files = object_storage(s3, tmp_path)
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    host = socket.gethostname()
+    files.scratch.mkdir(parents=True)
+    left = files.scratch / f"s3-{host}-{dead.pid}-abc.csv"
+    left_dir = files.scratch / f"s3-{host}-{dead.pid}-out"
+    mine = files.scratch / f"s3-{host}-{os.getpid()}-def.csv"
+    other_host = files.scratch / f"s3-elsewhere-{dead.pid}-ghi.csv"
+    for path in (left, mine, other_host):
+        path.write_bytes(DATA)
+    left_dir.mkdir()
+    (left_dir / "result.csv").write_bytes(DATA)
+    files.remove_partial_results("job1")
+    assert not left.exists() and not left_dir.exists()
+    assert mine.exists() and other_host.exists()
