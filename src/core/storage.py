@@ -20,6 +20,8 @@ from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, BinaryIO
 from urllib.parse import urlsplit
 
+from src.core.processes import pid_alive
+
 if TYPE_CHECKING:
     from src.core.config import Settings
 
@@ -389,7 +391,7 @@ class ObjectStorage(Storage):
         host = socket.gethostname()
         for entry in self.scratch.glob(f"s3-{host}-*-*") if self.scratch.exists() else []:
             pid = entry.name.removeprefix(f"s3-{host}-").split("-", 1)[0]
-            if pid.isdigit() and not _alive(int(pid)):
+            if pid.isdigit() and not pid_alive(int(pid)):
                 if entry.is_dir():
                     shutil.rmtree(entry, ignore_errors=True)
                 else:
@@ -401,16 +403,6 @@ class ObjectStorage(Storage):
 
 def _scratch_prefix() -> str:
     return f"s3-{socket.gethostname()}-{os.getpid()}-"
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def open_storage(settings: Settings) -> Storage:

@@ -48,6 +48,7 @@ from prometheus_client.registry import Collector, CollectorRegistry  # noqa: E40
 
 from src.core import metrics  # noqa: E402
 from src.core.config import get_settings  # noqa: E402
+from src.core.processes import pid_alive  # noqa: E402
 from src.jobs.runner import JobEvents  # noqa: E402
 
 if values.ValueClass is values.MutexValue:  # imported earlier without the variable
@@ -126,16 +127,6 @@ def _pool_process_exiting(pid: int | None = None, **_: object) -> None:
     multiprocess.mark_process_dead(pid or os.getpid(), str(MULTIPROC_DIR))
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def _file_pid(path: Path) -> int | None:
     try:
         return int(path.stem.rsplit("_", 1)[1])
@@ -170,7 +161,7 @@ class WorkerCollector(Collector):
     def forget_dead_processes(self) -> None:
         for path in self.directory.glob(f"{_LIVE_GAUGE_PREFIX}*.db"):
             pid = _file_pid(path)
-            if pid is not None and not _pid_alive(pid):
+            if pid is not None and not pid_alive(pid):
                 multiprocess.mark_process_dead(pid, str(self.directory))
 
     def collect(self) -> Iterator[Metric]:
@@ -216,7 +207,7 @@ def remove_dead_workers_dirs(parent: Path) -> None:
     """Default directories of workers that were killed (no shutdown hook ran)."""
     for directory in parent.glob(f"{_OWN_DIR_PREFIX}*"):
         suffix = directory.name.removeprefix(_OWN_DIR_PREFIX)
-        if suffix.isdigit() and int(suffix) != os.getpid() and not _pid_alive(int(suffix)):
+        if suffix.isdigit() and int(suffix) != os.getpid() and not pid_alive(int(suffix)):
             shutil.rmtree(directory, ignore_errors=True)
 
 
