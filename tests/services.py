@@ -221,6 +221,7 @@ class Stack:
         beat: bool = False,
         prefix: list[str] | None = None,
         queues: str = "cleaning",
+        supervised: bool = False,
         **env: str,
     ) -> subprocess.Popen:
         """A Celery worker; `prefix` wraps the command (e.g. to enter a memory cgroup)."""
@@ -244,6 +245,9 @@ class Stack:
         ]
         if beat:
             cmd += ["-B", "-s", str(self.logs / f"beat-{name}")]
+        if supervised:  # started again when it exits, as compose's `restart: unless-stopped`
+            loop = 'trap "exit 0" TERM; while :; do "$@"; sleep 1; done'
+            cmd = ["bash", "-c", loop, "supervise", *cmd]
         log = self.logs / f"worker-{name}.log"
         start = log.stat().st_size if log.exists() else 0
         proc = _spawn([*(prefix or []), *cmd], log, self.env(**env))

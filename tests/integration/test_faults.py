@@ -36,7 +36,9 @@ def fstack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
 
 @pytest.fixture(scope="module")
 def fapi(fstack: Stack) -> Iterator[httpx.Client]:
-    worker = fstack.start_worker("faults", concurrency=2, beat=True)  # beat: the sweep runs
+    # beat: the sweep runs. Supervised like the ml-worker container (restart: unless-stopped):
+    # kombu 5.7 can crash the worker when Redis drops with unacked messages (docs/RELIABILITY.md).
+    worker = fstack.start_worker("faults", concurrency=2, beat=True, supervised=True)
     proc, base = fstack.start_api()
     with httpx.Client(base_url=base, timeout=30) as client:
         yield client
