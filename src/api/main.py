@@ -63,6 +63,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         store = AsyncJobStore(settings)
         app.state.store = store
         indexes = asyncio.create_task(_ensure_indexes(store))
+        log.info("job files: %s", app.state.files.description)
         bucket = asyncio.create_task(_ensure_bucket(app.state.files))
         warm = asyncio.create_task(asyncio.to_thread(warm_up))
         yield

@@ -149,7 +149,7 @@ def run_job(
     log.info("job %s: claimed by %s (attempt %s)", job_id, worker, claimed["attempts"])
     _notify(events.claimed, claimed)
     with Heartbeat(store, job_id, worker, settings.heartbeat_seconds):
-        ranges = _plan(store, files, settings, claimed) if senders else None
+        ranges = _plan(files, settings, claimed) if senders else None
         if not ranges:
             return _clean(store, files, settings, claimed, worker, events)
     return _start_parts(store, settings, claimed, worker, ranges, senders, events)
@@ -241,9 +241,7 @@ class JobStopped(Exception):
     """Raised in a part when its job ended meanwhile (failed, cancelled or expired)."""
 
 
-def _plan(
-    store: JobStore, files: Storage, settings: Settings, doc: dict[str, Any]
-) -> list[tuple[int, int]] | None:
+def _plan(files: Storage, settings: Settings, doc: dict[str, Any]) -> list[tuple[int, int]] | None:
     """Byte ranges of the parts when this job should be split; None to run it whole."""
     rel = doc["input"]
     if input_format(PurePosixPath(rel)) != "csv":
@@ -274,7 +272,7 @@ def _start_parts(
 ) -> Outcome:
     job_id = doc["_id"]
     parts = [new_part_doc(doc, i, start, end) for i, (start, end) in enumerate(ranges)]
-    if not store.split(job_id, worker, parts, doc.get("bytes_total") or ranges[-1][1]):
+    if not store.split(job_id, worker, parts, ranges[-1][1]):
         log.warning("job %s: claim lost while splitting", job_id)
         return Outcome.GONE
     for part in parts:
@@ -316,7 +314,7 @@ def run_part(
     job_id = before["job_id"]
     claimed = store.parts.claim(part, worker, stale_before, cap)
     if claimed is None:
-        return _part_not_claimed(store, settings, before, stale_before, senders, events)
+        return _part_not_claimed(store, files, settings, before, stale_before, senders, events)
     job = store.get(job_id)
     if job is None or job["status"] != JobStatus.RUNNING.value:
         store.parts.finish(part, rules.owned(part, worker), JobStatus.CANCELLED, error="job ended")
@@ -408,6 +406,7 @@ def run_part(
 
 def _part_not_claimed(
     store: JobStore,
+    files: Storage,
     settings: Settings,
     before: dict[str, Any],
     stale_before: float,
@@ -426,9 +425,7 @@ def _part_not_claimed(
     ):
         if store.parts.finish(part, expected, JobStatus.FAILED, error=reason):
             log.error("job %s failed: %s", job_id, reason)
-            _end_split(
-                store, storage.open_storage(settings), job_id, JobStatus.FAILED, reason, events
-            )
+            _end_split(store, files, job_id, JobStatus.FAILED, reason, events)
             return Outcome.DONE
     doc = store.parts.get(part)
     if doc is not None and doc["status"] == JobStatus.RUNNING.value:

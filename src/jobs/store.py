@@ -59,7 +59,7 @@ class AsyncJobStore:
     async def ensure_indexes(self) -> None:
         for keys, options in INDEXES:
             await self.jobs.create_index(keys, **options)
-        parts = self.client.get_database(self.jobs.database.name)[PARTS_COLLECTION]
+        parts = self.jobs.database[PARTS_COLLECTION]
         for keys, options in PART_INDEXES:
             await parts.create_index(keys, **options)
 

@@ -45,7 +45,9 @@ def store() -> JobStore:
 @lru_cache(maxsize=1)
 def files() -> Storage:
     """The folder or bucket of job files; one client per process, like the store."""
-    return open_storage(get_settings())
+    found = open_storage(get_settings())
+    log.info("job files: %s", found.description)
+    return found
 
 
 SENDERS = runner.Senders(clean=send_clean, part=send_part, merge=send_merge)
