@@ -1,6 +1,6 @@
 """Benchmark of the job service end to end: real Redis, store, Celery worker and uvicorn.
 
-Everything runs on loopback, as child processes started by ``tests/services.py``
+Everything runs on loopback, as child processes started by ``tests/support/services.py``
 (Redis, the nx-27017 MongoDB wire-protocol store, one Celery worker process,
 one uvicorn API process). What it measures:
 
@@ -52,7 +52,7 @@ if str(ROOT) not in sys.path:
 import httpx  # noqa: E402
 from pymongo import MongoClient  # noqa: E402
 
-from tests.services import Stack, running_stack, stop  # noqa: E402
+from tests.support.services import Stack, running_stack, stop  # noqa: E402
 
 SAMPLE = ROOT / "tests" / "fixtures" / "rakuten_sample.csv"
 EMPTY_CSV = b",designation,description,productid,imageid\n"

@@ -11,7 +11,7 @@ core and sets POLARS_MAX_THREADS=1, re-executing itself once to do so):
   rows, best of ``--repeat`` runs, timed in process CPU time (``--wall`` for the
   wall clock), so that other load on a shared machine disturbs the ratio as
   little as possible;
-* how often the engine agrees with the oracle (``src.data.oracle.reference_clean``)
+* how often the engine agrees with the oracle (``tests.support.oracle.reference_clean``)
   and, for information only, with the baseline;
 * the peak RSS and rows/s of a chunked ``src.data.pipeline.clean_file`` run over
   ``--size-mb`` MiB of CSV, in a child process (which uses all cores unless
@@ -46,8 +46,8 @@ from bs4 import BeautifulSoup, MarkupResemblesLocatorWarning
 
 from src.data.lossy import french_words
 from src.data.options import CleaningOptions
-from src.data.oracle import reference_clean
 from src.data.text import clean_series
+from tests.support.oracle import reference_clean
 
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLE = ROOT / "tests" / "fixtures" / "rakuten_sample.csv"

@@ -1,6 +1,6 @@
 """One large job, one worker process against two: does splitting a job across workers pay?
 
-Real parts on loopback (``tests/services.py``): Redis, the nx-27017 store, the
+Real parts on loopback (``tests/support/services.py``): Redis, the nx-27017 store, the
 API, and Celery worker processes (one pool process each, as one ``ml-worker``
 container per core would run). The input is synthetic from the real sample:
 its rows tiled to ``--rows`` (default 1,000,000; ~610 MB), each with a unique
@@ -42,7 +42,7 @@ from pymongo import MongoClient
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from src.core.config import Settings
-from tests.services import Stack, running_stack, stop
+from tests.support.services import Stack, running_stack, stop
 
 SAMPLE = Path(__file__).resolve().parents[1] / "tests" / "fixtures" / "rakuten_sample.csv"
 

@@ -25,21 +25,9 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from src.data.options import CleaningOptions
 from src.data.pipeline import clean_file
-from tests.services import Stack, running_stack, stop
-
-SAMPLE = Path(__file__).resolve().parents[1] / "tests" / "fixtures" / "rakuten_sample.csv"
-OPTIONS = CleaningOptions(chunk_rows=300)
-
-
-def make_input(target: Path, times: int = 15) -> Path:
-    lines = SAMPLE.read_text(encoding="utf-8").splitlines(keepends=True)
-    with target.open("w", encoding="utf-8") as fh:
-        fh.write(lines[0])
-        for _ in range(times):
-            fh.writelines(lines[1:])
-    return target
+from tests.support.inputs import OPTIONS, make_input
+from tests.support.services import Stack, running_stack, stop
 
 
 def poll(client: httpx.Client, job_id: str, until, timeout: float) -> dict:

@@ -22,7 +22,7 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tests.services import running_stack, stop
+from tests.support.services import running_stack, stop
 
 SMALL = ",designation,description,productid,imageid\n" + "".join(
     f"{i},Produit {i},<p>Chaise &eacute;l&eacute;gante</p> l¿encre {i},{i},{i}\n" for i in range(10)

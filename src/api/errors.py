@@ -1,4 +1,8 @@
-"""Every error is JSON with a `detail` that names the problem; never a traceback."""
+"""Every error is JSON with a `detail` that names the problem; never a traceback.
+
+Domain errors (`src.jobs.submit.SubmitError` and its kinds) are mapped to HTTP
+statuses here and only here.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +13,21 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pymongo.errors import PyMongoError
 
+from src.jobs import submit
+from src.jobs.submit import describe_validation
+
 log = logging.getLogger(__name__)
+
+RETRY_LATER = {"Retry-After": "5"}
+STATUS_OF: dict[type[submit.SubmitError], int] = {
+    submit.BadSource: 400,
+    submit.SourceNotFound: 404,
+    submit.IdempotencyConflict: 409,
+    submit.UploadTooLarge: 413,
+    submit.UnsupportedFile: 415,
+    submit.InvalidOptions: 422,
+    submit.Unavailable: 503,
+}
 
 
 class ApiError(Exception):
@@ -22,19 +40,23 @@ class ApiError(Exception):
         self.headers = headers
 
 
-def describe_validation(errors: list[dict]) -> str:
-    """'options.min_length: Input should be greater than or equal to 0'."""
-    parts = []
-    for err in errors[:5]:
-        loc = ".".join(str(p) for p in err.get("loc", ()) if p not in ("body",))
-        parts.append(f"{loc}: {err.get('msg')}" if loc else str(err.get("msg")))
-    return "; ".join(parts)
+def status_of(exc: submit.SubmitError) -> int:
+    for kind in type(exc).__mro__:
+        if kind in STATUS_OF:
+            return STATUS_OF[kind]
+    return 400
 
 
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(ApiError)
     async def _api_error(_: Request, exc: ApiError) -> JSONResponse:
         return JSONResponse({"detail": exc.detail}, status_code=exc.status, headers=exc.headers)
+
+    @app.exception_handler(submit.SubmitError)
+    async def _refused(_: Request, exc: submit.SubmitError) -> JSONResponse:
+        status = status_of(exc)
+        headers = RETRY_LATER if status == 503 else None
+        return JSONResponse({"detail": str(exc)}, status_code=status, headers=headers)
 
     @app.exception_handler(RequestValidationError)
     async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
@@ -49,7 +71,7 @@ def install_error_handlers(app: FastAPI) -> None:
         return JSONResponse(
             {"detail": "job store (MongoDB) unavailable; retry later"},
             status_code=503,
-            headers={"Retry-After": "5"},
+            headers=RETRY_LATER,
         )
 
     @app.exception_handler(Exception)

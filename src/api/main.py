@@ -10,14 +10,14 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 from pymongo.errors import PyMongoError
 
-from src.api import metrics
+from src.api import monitoring
 from src.api.errors import install_error_handlers
 from src.api.routes import health, jobs
+from src.core import broker
 from src.core.config import Settings, get_settings
 from src.core.logging import setup_logging
-from src.core.storage import ObjectStorage, Storage, open_storage
+from src.core.storage import Storage, open_storage
 from src.jobs.store import AsyncJobStore
-from src.worker.celery_app import warm_up
 
 log = logging.getLogger(__name__)
 
@@ -43,14 +43,14 @@ async def _ensure_indexes(store: AsyncJobStore) -> None:
             await asyncio.sleep(2)
 
 
-async def _ensure_bucket(files: Storage) -> None:
-    """Create the object store's bucket when one is configured and it answers."""
-    while isinstance(files, ObjectStorage):
+async def _prepare(files: Storage) -> None:
+    """Create the object store's bucket (when one is configured) once it answers."""
+    while True:
         try:
-            await asyncio.to_thread(files.ensure_bucket)
+            await asyncio.to_thread(files.prepare)
             return
         except Exception as exc:  # the MinIO client raises several kinds while it starts
-            log.warning("bucket not checked yet (object store unavailable): %s", exc)
+            log.warning("storage not ready yet (%s): %s", files.description, exc)
             await asyncio.sleep(2)
 
 
@@ -64,8 +64,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.store = store
         indexes = asyncio.create_task(_ensure_indexes(store))
         log.info("job files: %s", app.state.files.description)
-        bucket = asyncio.create_task(_ensure_bucket(app.state.files))
-        warm = asyncio.create_task(asyncio.to_thread(warm_up))
+        bucket = asyncio.create_task(_prepare(app.state.files))
+        warm = asyncio.create_task(asyncio.to_thread(broker.warm_up))
         yield
         warm.cancel()
         indexes.cancel()
@@ -88,7 +88,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_error_handlers(app)
     app.include_router(health.router)
     app.include_router(jobs.router)
-    state = metrics.instrument(app, settings)
+    state = monitoring.instrument(app, settings)
     return app
 
 

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, HttpUrl
 
+from src.data.formats import DEFAULT_OUTPUT, OUTPUT_FORMATS, OutputFormat
 from src.data.options import CleaningOptions
 from src.jobs.model import Job
 
@@ -48,7 +49,7 @@ class SourceRequest(BaseModel):
 
     source: str = Field(description="A path relative to DATA_DIR, e.g. raw/X_test.csv")
     options: CleaningOptions = Field(default_factory=CleaningOptions)
-    output_format: Literal["csv", "parquet"] = "csv"
+    output_format: OutputFormat = DEFAULT_OUTPUT
     callback_url: HttpUrl | None = Field(
         None, description="The final job JSON is POSTed here when the job ends."
     )
@@ -70,3 +71,53 @@ def error(description: str, example: str) -> dict[str, Any]:
         "description": description,
         "content": {"application/json": {"example": {"detail": example}}},
     }
+
+
+JOB_RESPONSE = {"content": {"application/json": {"example": JOB_EXAMPLE}}}
+NOT_FOUND = error("Unknown job id", "job 019ac5f0a3b2c4d5e6f7a8 not found")
+UNAUTHORIZED = error(
+    "API_KEYS is set and X-API-Key is missing or wrong",
+    "missing or invalid API key (header X-API-Key)",
+)
+UNAVAILABLE = error(
+    "MongoDB or Redis is down; nothing was created",
+    "broker (Redis) unavailable: job not created; retry later",
+)
+
+SUBMIT_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "required": ["file"],
+                    "properties": {
+                        "file": {
+                            "type": "string",
+                            "format": "binary",
+                            "description": "CSV, Parquet or JSON Lines",
+                        },
+                        "options": {
+                            "type": "string",
+                            "description": "CleaningOptions as JSON",
+                            "example": '{"lowercase": true}',
+                        },
+                        "output_format": {
+                            "type": "string",
+                            "enum": list(OUTPUT_FORMATS),
+                            "default": DEFAULT_OUTPUT,
+                        },
+                        "callback_url": {"type": "string", "format": "uri"},
+                    },
+                }
+            },
+            "application/json": {
+                "schema": SourceRequest.model_json_schema(
+                    ref_template="#/components/schemas/{model}"
+                ),
+                "example": {"source": "raw/X_test_update.csv", "options": {"lowercase": True}},
+            },
+        },
+    }
+}

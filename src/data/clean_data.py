@@ -12,6 +12,7 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
+from src.data.formats import DEFAULT_OUTPUT, OUTPUT_FORMATS, OutputFormat
 from src.data.options import CleaningOptions
 
 DEFAULT_RAW = Path("data/raw")
@@ -65,7 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "-o", "--output", type=Path, help="output file (default: INPUT.cleaned.<format>)"
     )
-    parser.add_argument("--format", choices=["csv", "parquet"], help="output format")
+    parser.add_argument("--format", choices=OUTPUT_FORMATS, help="output format")
     parser.add_argument("--report", type=Path, help="write the JSON report to this file")
     parser.add_argument(
         "--raw-dir", type=Path, default=DEFAULT_RAW, help="input folder when INPUT is omitted"
@@ -104,7 +105,12 @@ def _progress_bar(path: Path, quiet: bool) -> tuple[typing.Any, typing.Any]:
 
 
 def _clean_one(
-    source: Path, target: Path, report_path: Path | None, fmt: str | None, args, options
+    source: Path,
+    target: Path,
+    report_path: Path | None,
+    fmt: OutputFormat | None,
+    args: argparse.Namespace,
+    options: CleaningOptions,
 ) -> None:
     from src.data.pipeline import clean_file
 
@@ -136,14 +142,14 @@ def run(argv: list[str] | None = None) -> int:
         if args.input is not None:
             fmt = args.format
             target = args.output or args.input.with_name(
-                f"{args.input.stem}.cleaned.{fmt or 'csv'}"
+                f"{args.input.stem}.cleaned.{fmt or DEFAULT_OUTPUT}"
             )
             _clean_one(args.input, target, args.report, fmt, args, options)
         else:
             sources = sorted(args.raw_dir.glob("*.csv"))
             if not sources:
                 raise InputError(f"no CSV file in {args.raw_dir}")
-            fmt = args.format or "csv"
+            fmt = args.format or DEFAULT_OUTPUT
             for source in sources:
                 target = args.cleaned_dir / f"{source.stem}.{fmt}"
                 report = args.cleaned_dir / f"{source.stem}.report.json"

@@ -3,13 +3,9 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
 import numpy as np
 import polars as pl
-
-if TYPE_CHECKING:  # pandas is imported only by callers of clean_pandas
-    import pandas as pd
 
 from src.data.options import CleaningOptions
 from src.data.text import ColumnCounts, clean_series
@@ -164,8 +160,3 @@ def neutralise_rows(frame: pl.DataFrame) -> tuple[pl.DataFrame, np.ndarray]:
                 pl.select(pl.when(risky).then("'" + col).otherwise(col)).to_series().alias(name)
             )
     return (frame.with_columns(out) if out else frame), per_row
-
-
-def clean_pandas(frame: pd.DataFrame, options: CleaningOptions) -> pd.DataFrame:
-    """`clean_frame` for pandas users (notebooks, tests); the pipeline stays in polars."""
-    return clean_frame(pl.from_pandas(frame), options).to_pandas()

@@ -11,7 +11,6 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 Encoding = Literal["auto", "utf-8", "cp1252", "latin-1"]
-OutputFormat = Literal["csv", "parquet"]
 
 
 class CleaningOptions(BaseModel):

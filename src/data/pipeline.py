@@ -7,18 +7,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from src.data.formats import OutputFormat, input_format, output_format
 from src.data.frame import RunState, clean_frame, neutralise_formulas
-from src.data.io import (
-    AtomicWriter,
-    check_input_file,
-    input_format,
-    iter_csv,
-    iter_jsonl,
-    iter_parquet,
-    output_format,
-)
+from src.data.io import check_input_file, iter_csv, iter_jsonl, iter_parquet
 from src.data.options import CleaningOptions
 from src.data.report import CleaningReport, ColumnReport
+from src.data.writer import AtomicWriter
 
 
 @dataclass(frozen=True)
@@ -38,7 +32,7 @@ def clean_file(
     target: Path | str,
     options: CleaningOptions | None = None,
     *,
-    fmt: str | None = None,
+    fmt: OutputFormat | None = None,
     on_progress: ProgressCallback | None = None,
 ) -> CleaningReport:
     """Clean `source` into `target` and return the report.

@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 import polars as pl
 
+from src.data.formats import OutputFormat
 from src.data.frame import (
     RunState,
     clean_text,
@@ -29,10 +30,11 @@ from src.data.frame import (
     neutralise_rows,
     row_hashes,
 )
-from src.data.io import AtomicWriter, iter_csv_range
+from src.data.io import iter_csv_range
 from src.data.options import CleaningOptions
 from src.data.report import CleaningReport
 from src.data.text import ColumnCounts
+from src.data.writer import AtomicWriter
 
 SCAN_BYTES = 8 << 20
 QUOTE, COMMA, LF, CR = 0x22, 0x2C, 0x0A, 0x0D
@@ -120,7 +122,7 @@ def clean_part(
     header: list[str],
     encoding: str,
     options: CleaningOptions,
-    fmt: str,
+    fmt: OutputFormat,
     rows_target: Path,
     keys_target: Path | None = None,
     on_progress: Callable[[int, int], None] | None = None,
@@ -208,7 +210,7 @@ def merge_parts(
     results: list[PartResult],
     target: Path,
     options: CleaningOptions,
-    fmt: str,
+    fmt: OutputFormat,
     *,
     header: list[str],
     on_part: Callable[[int], None] | None = None,

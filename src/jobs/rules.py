@@ -14,7 +14,7 @@ from src.jobs.model import JobStatus
 Filter = dict[str, Any]
 Update = dict[str, Any]
 
-QUEUED, RUNNING = JobStatus.QUEUED.value, JobStatus.RUNNING.value
+QUEUED, RUNNING = JobStatus.QUEUED, JobStatus.RUNNING
 
 
 def claim_queued(job_id: str, cap: int) -> Filter:
@@ -73,7 +73,7 @@ def progress_update(
 
 
 def finish_update(status: JobStatus, now: float, **fields: Any) -> Update:
-    return {"$set": {"status": status.value, "finished_ts": now, **fields}}
+    return {"$set": {"status": status, "finished_ts": now, **fields}}
 
 
 # A split job's own heartbeat: never stale. Its liveness is its parts' (each has a

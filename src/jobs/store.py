@@ -7,14 +7,16 @@ Methods speak the domain; the filters come from `rules`. PyMongo only
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import Any, Generic, TypeVar, cast
 
 from pymongo import ASCENDING, DESCENDING, AsyncMongoClient, MongoClient, ReturnDocument
+from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.collection import Collection
 
 from src.core.config import Settings
 from src.jobs import rules
 from src.jobs.model import JobStatus
+from src.jobs.records import Claimable, JobDoc, PartDoc
 
 COLLECTION = "jobs"
 PARTS_COLLECTION = "job_parts"
@@ -48,10 +50,10 @@ class AsyncJobStore:
 
     def __init__(self, settings: Settings) -> None:
         # A few connections kept open: concurrent first requests need not each pay a handshake.
-        self.client: AsyncMongoClient = AsyncMongoClient(
+        self.client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(
             settings.mongo_url, minPoolSize=4, **_client_kwargs(settings)
         )
-        self.jobs = self.client[settings.mongo_db][COLLECTION]
+        self.jobs = cast(AsyncCollection[JobDoc], self.client[settings.mongo_db][COLLECTION])
 
     async def close(self) -> None:
         await self.client.close()
@@ -66,13 +68,13 @@ class AsyncJobStore:
     async def ping(self) -> None:
         await self.client.admin.command("ping")
 
-    async def insert(self, doc: dict[str, Any]) -> None:
+    async def insert(self, doc: JobDoc) -> None:
         await self.jobs.insert_one(doc)
 
-    async def get(self, job_id: str) -> dict[str, Any] | None:
+    async def get(self, job_id: str) -> JobDoc | None:
         return await self.jobs.find_one({"_id": job_id})
 
-    async def get_by_idempotency_key(self, key: str) -> dict[str, Any] | None:
+    async def get_by_idempotency_key(self, key: str) -> JobDoc | None:
         return await self.jobs.find_one({"idempotency_key": key})
 
     async def delete(self, job_id: str) -> None:
@@ -80,16 +82,16 @@ class AsyncJobStore:
 
     async def list(
         self, status: JobStatus | None, limit: int, before_id: str | None
-    ) -> list[dict[str, Any]]:
+    ) -> list[JobDoc]:
         query: dict[str, Any] = {}
         if status is not None:
-            query["status"] = status.value
+            query["status"] = status
         if before_id is not None:
             query["_id"] = {"$lt": before_id}
         cursor = self.jobs.find(query).sort(NEWEST_FIRST).limit(limit)
         return await cursor.to_list(length=limit)
 
-    async def cancel(self, job_id: str) -> dict[str, Any] | None:
+    async def cancel(self, job_id: str) -> JobDoc | None:
         """Cancel a queued job at once, or ask a running one to stop; None if neither."""
         now = time.time()
         doc = await self.jobs.find_one_and_update(
@@ -112,22 +114,23 @@ class AsyncJobStore:
         return {row["_id"]: row["n"] for row in rows}
 
 
-class Records:
+Doc = TypeVar("Doc", bound=Claimable)
+
+
+class Records(Generic[Doc]):
     """Claimable records in one collection: jobs, or the parts of split jobs.
 
     Both follow the same rules (`rules`): claim by compare-and-set, heartbeat,
-    progress, a terminal status.
+    progress, a terminal status, and a cap on redeliveries.
     """
 
-    def __init__(self, collection: Collection) -> None:
+    def __init__(self, collection: Collection[Doc]) -> None:
         self.coll = collection
 
-    def get(self, record_id: str) -> dict[str, Any] | None:
+    def get(self, record_id: str) -> Doc | None:
         return self.coll.find_one({"_id": record_id})
 
-    def claim(
-        self, record_id: str, worker: str, stale_before: float, cap: int
-    ) -> dict[str, Any] | None:
+    def claim(self, record_id: str, worker: str, stale_before: float, cap: int) -> Doc | None:
         """queued → running, or take over a running one whose worker died; attempts < cap."""
         update = rules.claim_update(time.time(), worker)
         doc = self.coll.find_one_and_update(
@@ -153,7 +156,7 @@ class Records:
         rows_total: int | None,
         bytes_done: int,
         bytes_total: int,
-    ) -> dict[str, Any] | None:
+    ) -> Doc | None:
         """Record progress; the document returned tells whether cancel was asked."""
         return self.coll.find_one_and_update(
             rules.owned(record_id, worker),
@@ -161,13 +164,29 @@ class Records:
             return_document=AFTER,
         )
 
-    def finish(
-        self, record_id: str, expected: dict[str, Any], status: JobStatus, **fields: Any
-    ) -> dict[str, Any] | None:
+    def finish(self, expected: rules.Filter, status: JobStatus, **fields: Any) -> Doc | None:
         """Compare-and-set to a terminal status from the state `expected` describes."""
         return self.coll.find_one_and_update(
             expected, rules.finish_update(status, time.time(), **fields), return_document=AFTER
         )
+
+    def finish_owned(
+        self, record_id: str, worker: str, status: JobStatus, **fields: Any
+    ) -> Doc | None:
+        """End a record this worker holds; None when it no longer does."""
+        return self.finish(rules.owned(record_id, worker), status, **fields)
+
+    def fail_exhausted(
+        self, record_id: str, cap: int, stale_before: float, reason: str
+    ) -> Doc | None:
+        """Fail a record whose workers kept dying: queued or silent with no attempt left."""
+        for expected in (
+            rules.exhausted_queued(record_id, cap),
+            rules.exhausted_stale(record_id, cap, stale_before),
+        ):
+            if done := self.finish(expected, JobStatus.FAILED, error=reason):
+                return done
+        return None
 
     def requeue(self, record_id: str, stale_before: float) -> bool:
         """running (worker silent) → queued; True when this call made the change."""
@@ -193,7 +212,7 @@ class Records:
         self.coll.update_one({"_id": record_id}, {"$set": fields})
 
 
-class JobStore(Records):
+class JobStore(Records[JobDoc]):
     """The worker's view of the jobs collection and of split jobs' parts (blocking PyMongo).
 
     `timeout_ms` bounds every operation (PyMongo's client-side timeout); the API's
@@ -204,11 +223,11 @@ class JobStore(Records):
         kwargs = _client_kwargs(settings)
         if timeout_ms is not None:
             kwargs.update(serverSelectionTimeoutMS=timeout_ms, timeoutMS=timeout_ms)
-        self.client: MongoClient = MongoClient(settings.mongo_url, **kwargs)
+        self.client: MongoClient[dict[str, Any]] = MongoClient(settings.mongo_url, **kwargs)
         db = self.client[settings.mongo_db]
-        super().__init__(db[COLLECTION])
+        super().__init__(cast(Collection[JobDoc], db[COLLECTION]))
         self.jobs = self.coll
-        self.parts = Records(db[PARTS_COLLECTION])
+        self.parts: Records[PartDoc] = Records(cast(Collection[PartDoc], db[PARTS_COLLECTION]))
 
     def close(self) -> None:
         self.client.close()
@@ -221,17 +240,15 @@ class JobStore(Records):
 
     def count_by_status(self) -> dict[str, int]:
         """One count per status: each an index scan (status_created), never a collection scan."""
-        return {s.value: self.jobs.count_documents({"status": s.value}) for s in JobStatus}
+        return {s.value: self.jobs.count_documents({"status": s}) for s in JobStatus}
 
     def oldest_created_ts(self, status: JobStatus) -> float | None:
         """Creation time of the oldest job in `status` (ids are time-ordered); None if none."""
-        doc = self.jobs.find_one(
-            {"status": status.value}, {"created_ts": 1}, sort=[("_id", ASCENDING)]
-        )
+        doc = self.jobs.find_one({"status": status}, {"created_ts": 1}, sort=[("_id", ASCENDING)])
         return None if doc is None else doc["created_ts"]
 
     # ------------------------------------------------------------ split jobs
-    def split(self, job_id: str, worker: str, parts: list[dict[str, Any]], size: int) -> bool:
+    def split(self, job_id: str, worker: str, parts: list[PartDoc], size: int) -> bool:
         """Record the parts (queued) and mark the job split; False if the job is no longer ours.
 
         Idempotent: a planner that died half-way leaves parts a new one finds as they were.
@@ -243,22 +260,18 @@ class JobStore(Records):
         )
         return doc is not None
 
-    def job_parts(self, job_id: str) -> list[dict[str, Any]]:
+    def job_parts(self, job_id: str) -> list[PartDoc]:
         return list(self.parts.coll.find({"job_id": job_id}).sort([("index", ASCENDING)]))
 
     def parts_succeeded(self, job_id: str) -> int:
-        return self.parts.coll.count_documents(
-            {"job_id": job_id, "status": JobStatus.SUCCEEDED.value}
-        )
+        return self.parts.coll.count_documents({"job_id": job_id, "status": JobStatus.SUCCEEDED})
 
-    def add_split_progress(
-        self, job_id: str, rows: int, size: int, **fields: Any
-    ) -> dict[str, Any] | None:
+    def add_split_progress(self, job_id: str, rows: int, size: int, **fields: int) -> JobDoc | None:
         """Add a part's rows and bytes to its running job; None when the job stopped."""
         update: dict[str, Any] = {"$inc": {"rows_done": rows, "bytes_done": size, **fields}}
         return self.jobs.find_one_and_update(rules.running(job_id), update, return_document=AFTER)
 
-    def claim_merge(self, job_id: str, worker: str, stale_before: float) -> dict[str, Any] | None:
+    def claim_merge(self, job_id: str, worker: str, stale_before: float) -> JobDoc | None:
         return self.jobs.find_one_and_update(
             rules.merge_free(job_id, stale_before),
             rules.merge_claim_update(time.time(), worker),

@@ -22,8 +22,9 @@ def node_name(argv: list[str]) -> str:
 
 def check(node: str, timeout: float = TIMEOUT_SECONDS) -> str | None:
     """None when `node` answers, else the reason it is considered unhealthy."""
-    from src.worker.celery_app import app
+    from src.core.broker import celery_app  # not the worker's entry point: no metrics set-up
 
+    app = celery_app()
     try:
         with app.connection_for_write() as conn:
             conn.ensure_connection(max_retries=1, timeout=timeout)

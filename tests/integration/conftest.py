@@ -17,7 +17,15 @@ from typing import NoReturn
 import httpx
 import pytest
 
-from tests.services import S3Bucket, S3Server, ServiceUnavailable, Stack, running_stack, stop
+from tests.support.hold import held_pids
+from tests.support.services import (
+    S3Bucket,
+    S3Server,
+    ServiceUnavailable,
+    Stack,
+    running_stack,
+    stop,
+)
 
 TERMINAL = {"succeeded", "failed", "cancelled"}
 BUCKET = "cleaning-test"
@@ -64,9 +72,14 @@ def s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Bucket]:
         server.stop()
 
 
+def hold_path(stack: Stack) -> Path:
+    """The hold file of the stack's workers: runs stay in flight while it exists."""
+    return stack.logs / "hold"
+
+
 @pytest.fixture(scope="session")
 def worker(stack: Stack) -> Iterator[subprocess.Popen]:
-    proc = stack.start_worker("main", concurrency=2)
+    proc = stack.start_worker("main", concurrency=2, hold_file=hold_path(stack))
     yield proc
     stop(proc)
 
@@ -93,6 +106,16 @@ def wait_job(
         if time.monotonic() > deadline:
             raise AssertionError(f"job {job_id} stuck: {job}")
         time.sleep(0.1)
+
+
+def wait_held(client: httpx.Client, job_id: str, hold: Path) -> dict:
+    """Until the job, held in flight (tests/support/hold.py), shows cleaned rows."""
+    job = wait_job(
+        client, job_id, lambda j: j["progress"]["rows_done"] > 0 or j["status"] in TERMINAL
+    )
+    pids = held_pids(hold) or "none: is the engine called through its module?"
+    assert job["status"] == "running", f"ended while held: {job}; processes that held: {pids}"
+    return job
 
 
 def upload(

@@ -15,7 +15,7 @@ import pytest
 
 from tests.hostile.generate import CASES, Case
 from tests.integration.conftest import upload, wait_job
-from tests.services import Stack, stop
+from tests.support.services import Stack, stop
 
 
 @pytest.fixture(scope="module")

@@ -14,9 +14,10 @@ from typing import ClassVar
 import httpx
 import pytest
 
-from benchmarks import kill_trials
-from tests.integration.conftest import upload, wait_job
-from tests.services import VENV_BIN, Stack, stop
+from tests.integration.conftest import hold_path, upload, wait_held, wait_job
+from tests.support.hold import held
+from tests.support.inputs import make_input
+from tests.support.services import VENV_BIN, Stack, stop
 
 
 def test_upload_roundtrip_matches_cli(api: httpx.Client, sample_path: Path, tmp_path: Path) -> None:
@@ -157,17 +158,18 @@ def test_list_newest_first_with_cursor(api: httpx.Client, sample_path: Path) -> 
 
 
 def test_cancel_running_job_at_chunk_boundary(
-    api: httpx.Client, sample_path: Path, tmp_path: Path
+    api: httpx.Client, stack: Stack, tmp_path: Path
 ) -> None:
-    big = kill_trials.make_input(tmp_path / "big.csv", times=60)
-    r = upload(api, big, '{"chunk_rows": 200}')
-    job_id = r.json()["id"]
-    wait_job(api, job_id, lambda j: j["progress"]["rows_done"] > 0, timeout=60)
-    c = api.post(f"/jobs/{job_id}/cancel")
-    assert c.status_code == 200
-    done = wait_job(api, job_id)
+    """Held after its first chunk (tests/support/hold.py), the job cannot end before the cancel."""
+    big = make_input(tmp_path / "big.csv", times=3)
+    with held(hold_path(stack)) as hold:
+        job_id = upload(api, big, '{"chunk_rows": 200}').json()["id"]
+        wait_held(api, job_id, hold)
+        c = api.post(f"/jobs/{job_id}/cancel")
+        assert c.status_code == 200
+        done = wait_job(api, job_id)  # the held run still sees the cancel at its next report
     assert done["status"] == "cancelled", done
-    assert done["progress"]["rows_done"] < 60 * 672
+    assert done["progress"]["rows_done"] < 3 * 672
     assert api.get(f"/jobs/{job_id}/result").status_code == 409
     again = api.post(f"/jobs/{job_id}/cancel")
     assert again.status_code == 409 and "cancelled" in again.json()["detail"]

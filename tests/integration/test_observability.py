@@ -39,7 +39,7 @@ from celery import Celery
 from pymongo import MongoClient
 
 from tests.integration.conftest import TERMINAL, upload
-from tests.services import (
+from tests.support.services import (
     ROOT,
     Prometheus,
     ServiceUnavailable,

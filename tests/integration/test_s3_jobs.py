@@ -15,9 +15,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from benchmarks import kill_trials
 from tests.integration.conftest import stack_or_skip, upload, wait_job
-from tests.services import VENV_BIN, S3Bucket, Stack, stop
+from tests.support.inputs import make_input
+from tests.support.services import VENV_BIN, S3Bucket, Stack, stop
 
 PREFIX = "svc"
 SPLIT_PREFIX = "svc-split"
@@ -154,7 +154,7 @@ def test_split_job_matches_cli(
     The sample twice over (816 kB, ~40 parts): every row of the second copy repeats
     one of the first, in another part, so the duplicate pass must see across parts.
     """
-    tiled = kill_trials.make_input(tmp_path / "tiled.csv", times=2)
+    tiled = make_input(tmp_path / "tiled.csv", times=2)
     assert tiled.stat().st_size > 0.05 * (1 << 20)
     options = {"lowercase": True, "drop_duplicates": True}
     r = upload(split_api, tiled, json.dumps(options))

@@ -6,7 +6,7 @@ import time
 
 import httpx
 
-from tests.services import Stack, stop
+from tests.support.services import Stack, stop
 
 SECRET = "sk-test-5b1f0c9e7a2d4f8c"
 

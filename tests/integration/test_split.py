@@ -18,15 +18,20 @@ import httpx
 import pytest
 from pymongo import MongoClient
 
-from benchmarks import kill_trials
 from src.core.config import Settings
+from src.core.storage import open_storage
 from src.data.options import CleaningOptions
 from src.data.pipeline import clean_file
-from src.jobs import runner
-from src.jobs.model import new_job_doc, new_job_id, new_part_doc
+from src.jobs.context import JobContext, Outcome, Senders
+from src.jobs.model import new_job_id
+from src.jobs.parts import run_part
+from src.jobs.records import new_job_doc, new_part_doc
 from src.jobs.store import JobStore
-from tests.integration.conftest import stack_or_skip, upload, wait_job
-from tests.services import Stack, stop
+from src.jobs.sweep import sweep
+from tests.integration.conftest import stack_or_skip, upload, wait_held, wait_job
+from tests.support.hold import held, held_pids
+from tests.support.inputs import OPTIONS, make_input
+from tests.support.services import Stack, stop
 
 SPLIT_ENV = {"SPLIT_ABOVE_MB": "0.05", "PART_MB": "0.02"}  # the 400 kB sample: ~19 parts
 REPORT_FIELDS = (
@@ -119,7 +124,7 @@ def test_split_result_is_byte_identical_to_a_single_run(
 def test_duplicates_across_parts_are_dropped_as_in_one_run(
     sapi: httpx.Client, two_workers: list[subprocess.Popen], sample_path: Path, tmp_path: Path
 ) -> None:
-    source = kill_trials.make_input(tmp_path / "thrice.csv", times=3)
+    source = make_input(tmp_path / "thrice.csv", times=3)
     options = CleaningOptions(drop_duplicates=True)
     r = upload(sapi, source, options.model_dump_json())
     done = wait_job(sapi, r.json()["id"], timeout=120)
@@ -135,7 +140,7 @@ def test_duplicates_across_parts_are_dropped_as_in_one_run(
 def test_bad_rows_in_one_part_fail_the_job_readably(
     sapi: httpx.Client, two_workers: list[subprocess.Popen], sample_path: Path, tmp_path: Path
 ) -> None:
-    source = kill_trials.make_input(tmp_path / "ragged.csv", times=2)
+    source = make_input(tmp_path / "ragged.csv", times=2)
     with source.open("a", encoding="utf-8") as fh:
         fh.write("1,2,3,4,5,6,7,8\n")  # eight fields where the header has five
     done = wait_job(sapi, upload(sapi, source).json()["id"], timeout=120)
@@ -145,13 +150,17 @@ def test_bad_rows_in_one_part_fail_the_job_readably(
 
 
 def test_cancel_stops_every_part(sstack: Stack, sapi: httpx.Client, tmp_path: Path) -> None:
-    worker = sstack.start_worker("split-cancel", concurrency=1)
+    """The first part is held in flight (tests/support/hold.py): the cancel always finds
+    the job running, and the held part still sees it at its next progress report."""
+    hold_file = tmp_path / "hold"
+    worker = sstack.start_worker("split-cancel", concurrency=1, hold_file=hold_file)
     try:
-        source = kill_trials.make_input(tmp_path / "big.csv", times=10)
-        job = upload(sapi, source, CleaningOptions(chunk_rows=50).model_dump_json()).json()
-        wait_job(sapi, job["id"], lambda j: j["progress"]["rows_done"] > 0, timeout=60)
-        assert sapi.post(f"/jobs/{job['id']}/cancel").status_code in (200, 202)
-        done = wait_job(sapi, job["id"], timeout=60)
+        source = make_input(tmp_path / "big.csv", times=10)
+        with held(hold_file):
+            job = upload(sapi, source, CleaningOptions(chunk_rows=50).model_dump_json()).json()
+            wait_held(sapi, job["id"], hold_file)
+            assert sapi.post(f"/jobs/{job['id']}/cancel").status_code in (200, 202)
+            done = wait_job(sapi, job["id"], timeout=60)
         assert done["status"] == "cancelled"
         assert done["progress"]["parts_done"] < done["progress"]["parts_total"]
         client, db = mongo(sstack)
@@ -173,23 +182,30 @@ def test_killed_worker_costs_one_part_not_the_job(
 ) -> None:
     """SIGKILL the pool process of a running part: that part alone runs again."""
     env = {"PART_MB": "2"}  # 3 parts of ~3,400 rows, progress every HEARTBEAT_SECONDS
-    workers = [sstack.start_worker(f"split-kill{i}", concurrency=1, **env) for i in (1, 2)]
+    hold_file = tmp_path / "hold"  # parts stay in flight while it exists: no race to catch one
+    workers = [
+        sstack.start_worker(f"split-kill{i}", concurrency=1, hold_file=hold_file, **env)
+        for i in (1, 2)
+    ]
     try:
-        source = kill_trials.make_input(tmp_path / "kill.csv")
+        source = make_input(tmp_path / "kill.csv")
         expected = tmp_path / "expected.csv"
-        clean_file(source, expected, kill_trials.OPTIONS)
-        job = upload(sapi, source, kill_trials.OPTIONS.model_dump_json()).json()
+        clean_file(source, expected, OPTIONS)
         client, db = mongo(sstack)
         with client:
-            deadline = time.monotonic() + 60
-            while (
-                part := db["job_parts"].find_one(
-                    {"job_id": job["id"], "status": "running", "rows_done": {"$gt": 0}}
-                )
-            ) is None:
-                assert time.monotonic() < deadline, "no part caught running"
-                time.sleep(0.02)
-            os.kill(int(part["worker"].rsplit(":", 1)[1]), signal.SIGKILL)
+            with held(hold_file):
+                job = upload(sapi, source, OPTIONS.model_dump_json()).json()
+                deadline = time.monotonic() + 60
+                while (
+                    part := db["job_parts"].find_one(
+                        {"job_id": job["id"], "status": "running", "rows_done": {"$gt": 0}}
+                    )
+                ) is None:
+                    assert time.monotonic() < deadline, (
+                        f"no part caught running; processes that held: {held_pids(hold_file)}"
+                    )
+                    time.sleep(0.02)
+                os.kill(int(part["worker"].rsplit(":", 1)[1]), signal.SIGKILL)
             done = wait_job(sapi, job["id"], timeout=180)
             assert done["status"] == "succeeded", done
             assert done["attempts"] == 1  # the job was never redone whole
@@ -206,7 +222,7 @@ def test_killed_worker_costs_one_part_not_the_job(
 
 @pytest.fixture
 def direct_store(sstack: Stack) -> Iterator[tuple[JobStore, Settings]]:
-    """The stack's store and settings, for tests that drive `runner` without a worker."""
+    """The stack's store and settings, for tests that drive `src.jobs` without a worker."""
     env = sstack.env()
     settings = Settings(
         mongo_url=env["MONGO_URL"],
@@ -245,8 +261,8 @@ def test_redelivery_cap_applies_per_part(direct_store: tuple[JobStore, Settings]
         {"_id": part["_id"]},
         {"$set": {"status": "running", "attempts": settings.max_attempts, "heartbeat_ts": 0}},
     )
-    senders = runner.Senders(clean=print, part=print, merge=print)
-    assert runner.run_part(store, settings, part["_id"], "w:2", senders) is runner.Outcome.DONE
+    ctx = JobContext(store, settings, open_storage(settings), "w:2", Senders(print, print, print))
+    assert run_part(ctx, part["_id"]) is Outcome.DONE
     job = store.get(job_id)
     assert job["status"] == "failed"
     assert "part 1 of the input" in job["error"] and "redelivery cap" in job["error"]
@@ -258,7 +274,7 @@ def test_sweep_requeues_a_silent_part_and_resends_a_dead_merge(
     """A part whose worker went silent is queued again; so is a merge whose merger died."""
     store, settings = direct_store
     sent: dict[str, list[str]] = {"clean": [], "part": [], "merge": []}
-    senders = runner.Senders(
+    senders = Senders(
         clean=sent["clean"].append, part=sent["part"].append, merge=sent["merge"].append
     )
     split_job, split_parts = running_split_job(store, 2)
@@ -270,7 +286,7 @@ def test_sweep_requeues_a_silent_part_and_resends_a_dead_merge(
     store.parts.coll.update_many({"job_id": merging_job}, {"$set": {"status": "succeeded"}})
     store.jobs.update_one({"_id": merging_job}, {"$set": {"merge_ts": time.time() - 60}})
 
-    result = runner.sweep(store, settings, senders)
+    result = sweep(JobContext(store, settings, open_storage(settings), "sweeper:1", senders))
     assert split_parts[1]["_id"] in result.requeued
     assert store.parts.get(split_parts[1]["_id"])["status"] == "queued"
     assert sent["part"] == [split_parts[1]["_id"]]

@@ -17,18 +17,11 @@ from pathlib import Path
 
 import pytest
 
-from src.core.storage import (
-    PART_BYTES,
-    LocalStorage,
-    ObjectStorage,
-    SourceError,
-    Storage,
-    TooLarge,
-    input_relpath,
-    part_relpaths,
-    result_relpath,
-)
-from tests.services import S3Bucket
+from src.core.object_storage import UPLOAD_CHUNK, ObjectStorage
+from src.core.storage import LocalStorage, Storage, TooLarge
+from src.jobs import layout
+from src.jobs.layout import SourceError, input_relpath, part_relpaths, result_relpath
+from tests.support.services import S3Bucket
 
 # Over one copy chunk (1 MiB) and not a multiple of it: reads and parts meet uneven ends.
 DATA = bytes(range(256)) * 6_000 + b"tail"
@@ -93,9 +86,9 @@ def test_save_stream_exactly_at_the_limit_is_kept(files: Storage) -> None:
 def test_save_stream_over_the_limit_after_several_parts_keeps_nothing(files: Storage) -> None:
     """Past one S3 part: the multipart upload already begun is aborted, not completed."""
     rel = input_relpath("job1", ".csv")
-    big = io.BytesIO(b"x" * (PART_BYTES + (2 << 20)))
+    big = io.BytesIO(b"x" * (UPLOAD_CHUNK + (2 << 20)))
     with pytest.raises(TooLarge):
-        files.save_stream(rel, big, limit=PART_BYTES + (1 << 20))
+        files.save_stream(rel, big, limit=UPLOAD_CHUNK + (1 << 20))
     assert files.size(rel) is None
 
 
@@ -164,8 +157,8 @@ def test_iter_bytes(files: Storage) -> None:
 
 def test_resolve_source_accepts_a_stored_key(files: Storage) -> None:
     put(files, "raw/X_test.csv")
-    assert files.resolve_source("raw/X_test.csv") == "raw/X_test.csv"
-    assert files.resolve_source("./raw//X_test.csv") == "raw/X_test.csv"
+    assert layout.resolve_source(files, "raw/X_test.csv") == "raw/X_test.csv"
+    assert layout.resolve_source(files, "./raw//X_test.csv") == "raw/X_test.csv"
 
 
 @pytest.mark.parametrize(
@@ -183,7 +176,7 @@ def test_resolve_source_accepts_a_stored_key(files: Storage) -> None:
 def test_resolve_source_refuses(files: Storage, source: str, error: type[Exception]) -> None:
     put(files, "raw/X_test.csv")
     with pytest.raises(error):
-        files.resolve_source(source)
+        layout.resolve_source(files, source)
 
 
 def test_remove_job_removes_only_that_job(files: Storage) -> None:
@@ -196,10 +189,10 @@ def test_remove_job_removes_only_that_job(files: Storage) -> None:
     theirs = [input_relpath("job10", ".csv"), result_relpath("job2", "csv"), "raw/keep.csv"]
     for rel in mine + theirs:
         put(files, rel, rel.encode())
-    files.remove_job("job1")
+    layout.remove_job(files, "job1")
     assert [files.size(rel) for rel in mine] == [None] * len(mine)
     assert [read(files, rel) for rel in theirs] == [rel.encode() for rel in theirs]
-    files.remove_job("job1")  # twice: nothing left to remove is no error
+    layout.remove_job(files, "job1")  # twice: nothing left to remove is no error
 
 
 def test_remove_parts_keeps_input_and_result(files: Storage) -> None:
@@ -207,7 +200,7 @@ def test_remove_parts_keeps_input_and_result(files: Storage) -> None:
     kept = [input_relpath("job1", ".csv"), result_relpath("job1", "csv")]
     for rel in parts + kept:
         put(files, rel, rel.encode())
-    files.remove_parts("job1")
+    layout.remove_parts(files, "job1")
     assert all(files.size(rel) is None for rel in parts)
     assert all(files.size(rel) is not None for rel in kept)
 
@@ -232,7 +225,7 @@ def test_object_storage_keys_live_under_the_prefix(s3: S3Bucket, tmp_path: Path)
         env["S3_REGION"],
         tmp_path,
     )
-    files.ensure_bucket()  # exists already: no error
+    files.prepare()  # exists already: no error
     put(files, "raw/a.csv", b"a")
     assert s3.keys(prefix) == {f"{prefix}/raw/a.csv"}
     assert s3.read(f"{prefix}/raw/a.csv") == b"a"
@@ -255,7 +248,7 @@ def test_ensure_bucket_creates_a_missing_one(s3: S3Bucket, tmp_path: Path) -> No
         env["S3_REGION"],
         tmp_path,
     )
-    files.ensure_bucket()
+    files.prepare()
     put(files, "x.csv", b"x")
     assert s3.client.bucket_exists(name)
     assert read(files, "x.csv") == b"x"
@@ -269,7 +262,7 @@ def test_a_missing_file_is_file_not_found_on_both(files: Storage) -> None:
 
 def test_remove_job_refuses_an_empty_id(files: Storage) -> None:
     with pytest.raises(ValueError, match="not a job id"):
-        files.remove_job("")
+        layout.remove_job(files, "")
 
 
 def test_scratch_of_dead_processes_is_removed(s3: S3Bucket, tmp_path: Path) -> None:
@@ -287,6 +280,6 @@ def test_scratch_of_dead_processes_is_removed(s3: S3Bucket, tmp_path: Path) -> N
         path.write_bytes(DATA)
     left_dir.mkdir()
     (left_dir / "result.csv").write_bytes(DATA)
-    files.remove_partial_results("job1")
+    layout.discard_abandoned(files, "job1")
     assert not left.exists() and not left_dir.exists()
     assert mine.exists() and other_host.exists()

@@ -6,8 +6,11 @@ from __future__ import annotations
 from kombu.transport.redis import PRIORITY_STEPS, Channel
 from prometheus_client import CollectorRegistry, generate_latest
 
-from src.api.metrics import queue_keys
-from src.core.metrics import StateCollector
+from src.api.monitoring import queue_keys
+from src.core.instruments import StateCollector
+from src.jobs.model import JobStatus
+
+STATUSES = [s.value for s in JobStatus]
 
 
 def _scrape(collector: StateCollector) -> str:
@@ -28,7 +31,12 @@ def test_state_is_read_at_scrape_time() -> None:
         return 3
 
     collector = StateCollector(
-        "cleaning", depth, lambda: {"queued": 3, "succeeded": 5}, lambda: 100.0, clock=lambda: 130.0
+        "cleaning",
+        depth,
+        lambda: {"queued": 3, "succeeded": 5},
+        lambda: 100.0,
+        statuses=STATUSES,
+        clock=lambda: 130.0,
     )
     registry = CollectorRegistry()
     registry.register(collector)
@@ -43,13 +51,13 @@ def test_state_is_read_at_scrape_time() -> None:
 
 
 def test_a_source_down_is_reported_not_raised() -> None:
-    text = _scrape(StateCollector("cleaning", _down, lambda: {}, lambda: None))
+    text = _scrape(StateCollector("cleaning", _down, lambda: {}, lambda: None, statuses=STATUSES))
     assert 'cleaning_state_up{source="broker"} 0.0' in text
     assert 'cleaning_state_up{source="store"} 1.0' in text
     assert "cleaning_queue_depth{" not in text
     assert "cleaning_oldest_queued_job_age_seconds 0.0" in text
 
-    text = _scrape(StateCollector("cleaning", lambda: 0, _down, lambda: None))
+    text = _scrape(StateCollector("cleaning", lambda: 0, _down, lambda: None, statuses=STATUSES))
     assert 'cleaning_state_up{source="store"} 0.0' in text
     assert "cleaning_jobs{" not in text
 

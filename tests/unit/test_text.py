@@ -8,8 +8,8 @@ import polars as pl
 import pytest
 
 from src.data.options import CleaningOptions
-from src.data.oracle import reference_clean
 from src.data.text import clean_series
+from tests.support.oracle import reference_clean
 
 DEFAULT = CleaningOptions()
 

@@ -17,64 +17,26 @@ from sse_starlette.sse import EventSourceResponse
 from starlette.concurrency import iterate_in_threadpool
 from starlette.datastructures import UploadFile
 
-from src.api import submit as submission
 from src.api.deps import ApiKeyDep, FilesDep, JobStoreDep, SettingsDep
-from src.api.errors import ApiError, describe_validation
-from src.api.schemas import JOB_EXAMPLE, JobList, SourceRequest, error
-from src.core import metrics, storage
+from src.api.errors import ApiError
+from src.api.schemas import (
+    JOB_RESPONSE,
+    NOT_FOUND,
+    SUBMIT_BODY,
+    UNAUTHORIZED,
+    UNAVAILABLE,
+    JobList,
+    SourceRequest,
+    error,
+)
+from src.core import broker, instruments
+from src.data.formats import DEFAULT_OUTPUT, MEDIA_TYPES, OUTPUT_FORMATS, OutputFormat
+from src.jobs import submit as submission
 from src.jobs.model import JOB_ID, TERMINAL, Job, JobStatus, new_job_id
+from src.jobs.records import JobDoc
 from src.jobs.store import AsyncJobStore
 
 router = APIRouter(prefix="/jobs", tags=["jobs"])
-
-JOB_RESPONSE = {"content": {"application/json": {"example": JOB_EXAMPLE}}}
-NOT_FOUND = error("Unknown job id", "job 019ac5f0a3b2c4d5e6f7a8 not found")
-UNAUTHORIZED = error(
-    "API_KEYS is set and X-API-Key is missing or wrong",
-    "missing or invalid API key (header X-API-Key)",
-)
-UNAVAILABLE = error(
-    "MongoDB or Redis is down; nothing was created",
-    "broker (Redis) unavailable: job not created; retry later",
-)
-
-SUBMIT_BODY = {
-    "requestBody": {
-        "required": True,
-        "content": {
-            "multipart/form-data": {
-                "schema": {
-                    "type": "object",
-                    "required": ["file"],
-                    "properties": {
-                        "file": {
-                            "type": "string",
-                            "format": "binary",
-                            "description": "CSV, Parquet or JSON Lines",
-                        },
-                        "options": {
-                            "type": "string",
-                            "description": "CleaningOptions as JSON",
-                            "example": '{"lowercase": true}',
-                        },
-                        "output_format": {
-                            "type": "string",
-                            "enum": ["csv", "parquet"],
-                            "default": "csv",
-                        },
-                        "callback_url": {"type": "string", "format": "uri"},
-                    },
-                }
-            },
-            "application/json": {
-                "schema": SourceRequest.model_json_schema(
-                    ref_template="#/components/schemas/{model}"
-                ),
-                "example": {"source": "raw/X_test_update.csv", "options": {"lowercase": True}},
-            },
-        },
-    }
-}
 
 
 def _job_response(job: Job, status: int) -> JSONResponse:
@@ -83,7 +45,7 @@ def _job_response(job: Job, status: int) -> JSONResponse:
     )
 
 
-async def _get(store: AsyncJobStore, job_id: str) -> dict[str, Any]:
+async def _get(store: AsyncJobStore, job_id: str) -> JobDoc:
     doc = await store.get(job_id)
     if doc is None:
         raise ApiError(404, f"job {job_id} not found")
@@ -139,45 +101,46 @@ async def submit_job(
         if not isinstance(upload, UploadFile):
             raise ApiError(422, "multipart field 'file' is required (the CSV or Parquet file)")
         options = submission.parse_options(_text(form.get("options")))
-        output_format = _text(form.get("output_format")) or "csv"
-        if output_format not in ("csv", "parquet"):
-            raise ApiError(422, "output_format must be 'csv' or 'parquet'")
-        callback_url = _text(form.get("callback_url"))
-        relpath, file_digest = await asyncio.to_thread(
-            submission.copy_upload, upload, settings, files, job_id
+        output_format = _output_format(_text(form.get("output_format")))
+        upload.file.seek(0)
+        relpath, digest = await asyncio.to_thread(
+            submission.save_upload, files, settings, job_id, upload.file, upload.filename
         )
-        input_name, owns_input = PurePath(upload.filename or "input").name, True
+        sub = submission.Submission(
+            job_id=job_id,
+            input_relpath=relpath,
+            input_name=PurePath(upload.filename or "input").name,
+            owns_input=True,
+            options=options,
+            output_format=output_format,
+            callback_url=_text(form.get("callback_url")),
+            content_digest=digest,
+        )
     elif content_type.startswith("application/json"):
         try:
             body = SourceRequest.model_validate_json(await request.body())
         except ValidationError as exc:
-            raise ApiError(422, f"invalid request: {describe_validation(exc.errors())}") from None
-        try:
-            relpath = await asyncio.to_thread(files.resolve_source, body.source)
-        except storage.SourceError as exc:
-            raise ApiError(400, str(exc)) from None
-        except FileNotFoundError as exc:
-            raise ApiError(404, str(exc)) from None
-        options, output_format = body.options, body.output_format
-        callback_url = str(body.callback_url) if body.callback_url else None
-        file_digest, input_name, owns_input = f"source:{relpath}", PurePath(relpath).name, False
+            detail = submission.describe_validation(exc.errors())
+            raise ApiError(422, f"invalid request: {detail}") from None
+        relpath = await asyncio.to_thread(submission.find_source, files, body.source)
+        sub = submission.Submission(
+            job_id=job_id,
+            input_relpath=relpath,
+            input_name=PurePath(relpath).name,
+            owns_input=False,
+            options=body.options,
+            output_format=body.output_format,
+            callback_url=str(body.callback_url) if body.callback_url else None,
+            content_digest=f"source:{relpath}",
+        )
     else:
         raise ApiError(415, "send multipart/form-data (a file) or application/json (a source)")
 
     job, created = await submission.submit(
-        store,
-        settings,
-        files,
-        job_id=job_id,
-        input_relpath=relpath,
-        input_name=input_name,
-        owns_input=owns_input,
-        options=options,
-        output_format=output_format,
-        callback_url=callback_url,
-        idempotency_key=idempotency_key,
-        digest=submission.request_hash(file_digest, options, output_format, callback_url),
+        store, settings, files, broker.send_clean, sub, idempotency_key
     )
+    if created:
+        instruments.JOBS_SUBMITTED.inc()
     response = _job_response(job, 202)
     if not created:
         response.headers["Idempotent-Replayed"] = "true"
@@ -186,6 +149,15 @@ async def submit_job(
 
 def _text(value: Any) -> str | None:
     return value if isinstance(value, str) and value else None
+
+
+def _output_format(value: str | None) -> OutputFormat:
+    for fmt in OUTPUT_FORMATS:
+        if value == fmt:
+            return fmt
+    if value is None:
+        return DEFAULT_OUTPUT
+    raise ApiError(422, "output_format must be 'csv' or 'parquet'")
 
 
 def _encode_cursor(job_id: str) -> str:
@@ -247,19 +219,19 @@ async def get_job(job_id: str, store: JobStoreDep, _key: ApiKeyDep) -> Job:
 )
 async def get_result(job_id: str, store: JobStoreDep, files: FilesDep, _key: ApiKeyDep) -> Response:
     doc = await _get(store, job_id)
-    if doc["status"] != JobStatus.SUCCEEDED.value:
+    result = doc.get("result")
+    if doc["status"] != JobStatus.SUCCEEDED or result is None:
         raise ApiError(409, f"job is {doc['status']}; the result is available once it succeeded")
-    size = await asyncio.to_thread(files.size, doc["result"])
+    size = await asyncio.to_thread(files.size, result)
     if size is None:
         raise ApiError(404, f"result of job {job_id} is gone (expired or removed)")
-    fmt = doc.get("output_format", "csv")
-    stem = PurePath(doc.get("input_name") or "input").stem
-    media = "text/csv; charset=utf-8" if fmt == "csv" else "application/vnd.apache.parquet"
-    filename = f"{stem}.cleaned.{fmt}"
-    if isinstance(files, storage.LocalStorage):  # sendfile, ranges, ETag
-        return FileResponse(files.path(doc["result"]), media_type=media, filename=filename)
+    fmt = doc["output_format"]
+    media = MEDIA_TYPES[fmt]
+    filename = f"{PurePath(doc['input_name'] or 'input').stem}.cleaned.{fmt}"
+    if (local := files.local_path(result)) is not None:  # sendfile, ranges, ETag
+        return FileResponse(local, media_type=media, filename=filename)
     return StreamingResponse(  # from the bucket, a megabyte at a time
-        iterate_in_threadpool(files.iter_bytes(doc["result"])),
+        iterate_in_threadpool(files.iter_bytes(result)),
         media_type=media,
         headers={
             "Content-Length": str(size),
@@ -287,8 +259,8 @@ async def cancel_job(job_id: str, store: JobStoreDep, _key: ApiKeyDep) -> JSONRe
         raise ApiError(
             409, f"job is {current['status']}; only queued or running jobs can be cancelled"
         )
-    if doc["status"] == JobStatus.CANCELLED.value:  # a queued job, ended here (no worker)
-        metrics.JOBS_CANCELLED_QUEUED.labels(status=doc["status"]).inc()
+    if doc["status"] == JobStatus.CANCELLED:  # a queued job, ended here (no worker)
+        instruments.JOBS_CANCELLED_QUEUED.labels(status=doc["status"]).inc()
     return _job_response(Job.from_doc(doc), 200)
 
 

@@ -15,11 +15,11 @@ from fastapi import FastAPI
 from prometheus_client import REGISTRY
 from prometheus_fastapi_instrumentator import Instrumentator
 
-from src.core import metrics
+from src.core import instruments
+from src.core.broker import QUEUE
 from src.core.config import Settings
 from src.jobs.model import JobStatus
 from src.jobs.store import JobStore
-from src.worker.celery_app import QUEUE
 
 # Scrape-time reads give up after this: /metrics answers even with Redis or MongoDB down.
 STATE_TIMEOUT_S = 1.0
@@ -90,16 +90,20 @@ def instrument(app: FastAPI, settings: Settings) -> StateSources:
     """
     Instrumentator(
         excluded_handlers=["/metrics"], should_exclude_streaming_duration=True
-    ).instrument(app, latency_lowr_buckets=metrics.API_LATENCY_BUCKETS).expose(
+    ).instrument(app, latency_lowr_buckets=instruments.API_LATENCY_BUCKETS).expose(
         app, include_in_schema=False
     )
-    metrics.JOBS_CANCELLED_QUEUED.labels(status=JobStatus.CANCELLED.value)  # 0, not absent
+    instruments.JOBS_CANCELLED_QUEUED.labels(status=JobStatus.CANCELLED)  # 0, not absent
     global _state
     if _state is None:  # one collector per process, even if several apps are created
         _state = StateSources(settings)
         REGISTRY.register(
-            metrics.StateCollector(
-                QUEUE, _state.queue_depth, _state.count_by_status, _state.oldest_queued_created
+            instruments.StateCollector(
+                QUEUE,
+                _state.queue_depth,
+                _state.count_by_status,
+                _state.oldest_queued_created,
+                statuses=[s.value for s in JobStatus],
             )
         )
     return _state

@@ -7,29 +7,25 @@ Three kinds, by where they are recorded:
 - Worker metrics (`WORKER_REGISTRY`): recorded in Celery's prefork pool processes. The
   worker runs them in prometheus_client's multiprocess mode (each process writes its
   values to files under PROMETHEUS_MULTIPROC_DIR) and its main process exports the sum
-  of all of them (`src/worker/metrics.py`).
+  of all of them (`src/worker/exporter.py`).
 - State read at scrape time (`StateCollector`, registered by the API): queue depth from
   the broker, jobs per status and the oldest queued job from the store.
 
-This module imports prometheus_client only: no Redis, MongoDB, FastAPI or Celery.
+This module imports prometheus_client only: no Redis, MongoDB, FastAPI or Celery, and
+nothing of the job model (statuses are passed in as strings).
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from src.jobs.model import TERMINAL, JobStatus
-
 log = logging.getLogger(__name__)
-
-STATUSES = [s.value for s in JobStatus]
-FINAL_STATUSES = sorted(s.value for s in TERMINAL)
 
 # Job durations go from a second (the bundled sample) to an hour (a big catalogue).
 DURATION_BUCKETS = (0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600, 7200)
@@ -115,9 +111,9 @@ BUSY_PROCESSES = Gauge(
 )
 
 
-def initialise_worker_series() -> None:
+def initialise_worker_series(final_statuses: Iterable[str]) -> None:
     """Create every labelled series at 0, so a panel shows 0 rather than "No data"."""
-    for status in FINAL_STATUSES:
+    for status in final_statuses:
         JOBS_FINISHED.labels(status=status)
         JOB_DURATION.labels(status=status)
 
@@ -142,9 +138,12 @@ class StateCollector(Collector):
         queue_depth: QueueDepth,
         count_by_status: CountByStatus,
         oldest_queued_created: OldestQueued,
+        *,
+        statuses: Sequence[str],
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.queue = queue
+        self.statuses = tuple(statuses)
         self._queue_depth = queue_depth
         self._count_by_status = count_by_status
         self._oldest_queued_created = oldest_queued_created
@@ -189,7 +188,7 @@ class StateCollector(Collector):
             up.add_metric(["store"], 0)
         else:
             up.add_metric(["store"], 1)
-            for status in STATUSES:
+            for status in self.statuses:
                 jobs.add_metric([status], counts.get(status, 0))
             oldest.add_metric([], 0.0 if created is None else max(0.0, self._clock() - created))
         yield up

@@ -23,10 +23,12 @@ from typing import TYPE_CHECKING
 
 import httpx
 
+from tests.support.hold import HOLD_ENV
+
 if TYPE_CHECKING:
     from minio import Minio
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 VENV_BIN = Path(sys.executable).parent
 
 
@@ -222,9 +224,14 @@ class Stack:
         prefix: list[str] | None = None,
         queues: str = "cleaning",
         supervised: bool = False,
+        hold_file: Path | None = None,
         **env: str,
     ) -> subprocess.Popen:
-        """A Celery worker; `prefix` wraps the command (e.g. to enter a memory cgroup)."""
+        """A Celery worker; `prefix` wraps the command (e.g. to enter a memory cgroup).
+
+        With `hold_file`, its runs stay in flight while that file exists
+        (tests/support/hold.py), so a test can kill or cancel one without racing it.
+        """
         cmd = [
             str(VENV_BIN / "celery"),
             "-A",
@@ -245,6 +252,9 @@ class Stack:
         ]
         if beat:
             cmd += ["-B", "-s", str(self.logs / f"beat-{name}")]
+        if hold_file is not None:
+            cmd += ["-I", "tests.support.hold"]
+            env[HOLD_ENV] = str(hold_file)
         if supervised:  # started again when it exits, as compose's `restart: unless-stopped`
             loop = 'trap "exit 0" TERM; while :; do "$@"; sleep 1; done'
             cmd = ["bash", "-c", loop, "supervise", *cmd]

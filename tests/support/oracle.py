@@ -1,7 +1,8 @@
 """The reference cleaner: BeautifulSoup for HTML, plain Python for the rest.
 
 Slow and obviously right: the tests hold the fast engine (`text.py`) to it.
-Requires beautifulsoup4 (dev dependency); the engine never imports this module.
+Requires beautifulsoup4, a dev dependency: it lives under tests/ so that no image
+ships it, and the engine never imports it.
 """
 
 from __future__ import annotations

@@ -1,0 +1,107 @@
+"""Atomic output: a result is written in chunks to a hidden temporary file and renamed
+into place on success only."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any, BinaryIO
+
+import polars as pl
+
+from src.data.formats import OutputFormat
+
+
+class AtomicWriter:
+    """Writes chunks to a hidden temporary file renamed into place on success only.
+
+    A failed or cancelled run leaves nothing behind: readers never see a
+    half-written result.
+    """
+
+    def __init__(
+        self, path: Path, fmt: OutputFormat, *, header: bool = True, durable: bool = True
+    ) -> None:
+        self.path = path
+        self.fmt = fmt
+        self.header = header
+        self.durable = durable  # fsync before the rename (not for intermediate files)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        os.close(fd)
+        self.tmp = Path(tmp)
+        self._fh: BinaryIO | None = None
+        self._parquet: Any = None  # a pyarrow.parquet.ParquetWriter
+        self._columns: list[str] | None = None
+
+    def write(self, frame: pl.DataFrame) -> None:
+        if self.fmt == "parquet":
+            import pyarrow.parquet as pq
+
+            table = frame.to_arrow()
+            if self._parquet is None:
+                self._parquet = pq.ParquetWriter(self.tmp, table.schema)
+            self._parquet.write_table(table.cast(self._parquet.schema))
+        else:
+            if self._fh is None:
+                self._fh = self.tmp.open("wb")
+                frame.write_csv(self._fh, include_header=self.header)
+            else:
+                frame.write_csv(self._fh, include_header=False)
+        self._columns = frame.columns
+
+    def _csv_file(self) -> BinaryIO:
+        if self.fmt != "csv" or (self._fh is None and self.header):
+            raise ValueError("CSV bytes go after the header: write a frame first")
+        if self._fh is None:
+            self._fh = self.tmp.open("wb")
+        return self._fh
+
+    def write_csv_bytes(self, data: bytes | memoryview) -> None:
+        """Rows already in CSV form (a split job's parts)."""
+        self._csv_file().write(data)
+
+    def copy_csv_file(self, source: Path) -> None:
+        """`write_csv_bytes` of a whole file, copied by the kernel where it can."""
+        out = self._csv_file()
+        out.flush()
+        with source.open("rb") as fh:
+            size = os.fstat(fh.fileno()).st_size
+            done = 0
+            try:
+                while done < size:
+                    n = os.copy_file_range(fh.fileno(), out.fileno(), size - done)
+                    if n == 0:
+                        break
+                    done += n
+            except OSError:  # another file system, an old kernel: copy through userspace
+                pass
+            if done < size:
+                fh.seek(done)
+                shutil.copyfileobj(fh, out, 1 << 20)
+
+    def commit(self, columns: list[str]) -> None:
+        """Finish the file (a header-only one if no row came) and move it into place."""
+        if self._columns is None:
+            self.write(pl.DataFrame({c: pl.Series(c, [], dtype=pl.String) for c in columns}))
+        if self._parquet is not None:
+            self._parquet.close()
+        if self._fh is not None:
+            self._fh.flush()
+            if self.durable:
+                os.fsync(self._fh.fileno())
+            self._fh.close()
+        self.tmp.chmod(0o644)
+        os.replace(self.tmp, self.path)
+
+    def abort(self) -> None:
+        with contextlib.suppress(Exception):
+            if self._parquet is not None:
+                self._parquet.close()
+        with contextlib.suppress(Exception):
+            if self._fh is not None:
+                self._fh.close()
+        self.tmp.unlink(missing_ok=True)

@@ -1,0 +1,175 @@
+"""What a worker needs to run a step of a job, and the one way every step runs.
+
+A step is a whole job, one part of a split job, or a split job's merge. Each is
+claimed by compare-and-set, runs under a heartbeat, and ends with a terminal
+status whatever its body raised: `JobContext.attempt` is that ladder, written once.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any, TypeVar
+
+from pymongo.errors import PyMongoError
+
+from src.core.config import Settings
+from src.core.storage import Storage
+from src.data.io import InputError
+from src.jobs.model import JobStatus
+from src.jobs.records import JobDoc
+from src.jobs.store import JobStore, Records
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+
+class Outcome(StrEnum):
+    DONE = "done"  # this call brought the job (or part) to a terminal status
+    BUSY = "busy"  # another live worker runs it: try again later
+    GONE = "gone"  # nothing to do: unknown, already finished, or claimed away
+
+
+class JobCancelled(Exception):
+    """Raised between chunks when a cancel was asked."""
+
+
+class ClaimLost(Exception):
+    """Raised between chunks when the record is no longer ours (requeued by the sweep)."""
+
+
+class JobStopped(Exception):
+    """Raised in a part when its job ended meanwhile (failed, cancelled or expired)."""
+
+
+# The body's exceptions that end the step as they are, before any readable error.
+STOPS = (JobCancelled, ClaimLost, JobStopped)
+# Bad input or a missing file: the user's to fix, said as it is (no "internal error").
+READABLE = (InputError, FileNotFoundError)
+# An end: the final status and its error, or None when the claim was lost.
+End = Callable[[JobStatus | None, str], Outcome]
+
+
+class JobEvents:
+    """What happened to a job, for whoever watches (the worker records metrics from it).
+
+    The default does nothing; `src.jobs` knows no metrics library.
+    """
+
+    def claimed(self, doc: JobDoc) -> None:
+        """This worker claimed the job (`doc` as stored after the claim)."""
+
+    def progressed(self, record_id: str, rows_done: int, bytes_done: int) -> None:
+        """A chunk was cleaned; totals so far for this attempt of a job or part."""
+
+    def finished(self, doc: JobDoc) -> None:
+        """This worker brought the job to a final status (`doc` as stored after it)."""
+
+
+@dataclass(frozen=True)
+class Senders:
+    """How tasks are queued (the worker passes the broker's); ids only, as always."""
+
+    clean: Callable[[str], None]
+    part: Callable[[str], None]
+    merge: Callable[[str], None]
+
+
+class Heartbeat:
+    """Tells the store this worker is alive, from a thread, even during a long chunk."""
+
+    def __init__(
+        self, records: Records[Any], record_id: str, worker: str, every: float, field: str
+    ) -> None:
+        self._stop = threading.Event()
+        self._thread = threading.Thread(
+            target=self._run, args=(records, record_id, worker, every, field), daemon=True
+        )
+
+    def _run(
+        self, records: Records[Any], record_id: str, worker: str, every: float, field: str
+    ) -> None:
+        while not self._stop.wait(every):
+            try:
+                if not records.heartbeat(record_id, worker, field):
+                    return
+            except PyMongoError as exc:  # the store may come back; keep trying
+                log.warning("heartbeat for %s failed: %s", record_id, exc)
+
+    def __enter__(self) -> Heartbeat:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+
+
+@dataclass
+class JobContext:
+    """The collaborators of every step, passed as one object.
+
+    `senders` None: jobs always run whole (nothing can queue their parts).
+    """
+
+    store: JobStore
+    settings: Settings
+    files: Storage
+    worker: str
+    senders: Senders | None = None
+    events: JobEvents = field(default_factory=JobEvents)
+
+    def stale_before(self) -> float:
+        """A running record whose heartbeat is older than this lost its worker."""
+        return time.time() - self.settings.stale_after_seconds
+
+    def heartbeat(
+        self, records: Records[Any], record_id: str, field: str = "heartbeat_ts"
+    ) -> Heartbeat:
+        return Heartbeat(records, record_id, self.worker, self.settings.heartbeat_seconds, field)
+
+    def finished(self, doc: JobDoc | None) -> None:
+        """Report a final status this worker set (None: the compare-and-set missed)."""
+        if doc is not None:
+            notify(self.events.finished, doc)
+
+    def attempt(
+        self,
+        body: Callable[[], T],
+        end: End,
+        *,
+        where: str = "",
+        readable: tuple[type[Exception], ...] = READABLE,
+    ) -> T | Outcome:
+        """Run `body`; whatever it raises becomes an end, never a crashed worker.
+
+        `where` names the step in errors ("in part 3/19"). A store outage is re-raised:
+        the task retries it with backoff.
+        """
+        try:
+            return body()
+        except JobCancelled:
+            return end(JobStatus.CANCELLED, "cancelled by request")
+        except (ClaimLost, JobStopped):
+            return end(None, "job ended")
+        except readable as exc:
+            return end(JobStatus.FAILED, f"{exc} ({where})" if where else str(exc))
+        except PyMongoError:
+            raise
+        except Exception as exc:  # a readable error on the job; the worker lives on
+            log.exception("unexpected error %s", where or "in a job")
+            where = f" {where}" if where else ""
+            return end(JobStatus.FAILED, f"internal error{where}: {type(exc).__name__}: {exc}")
+
+
+def notify(handler: Callable[..., None], *args: Any) -> None:
+    """Call an observer; its failure never changes what happens to the job."""
+    try:
+        handler(*args)
+    except Exception:
+        log.exception("job event handler %s failed", getattr(handler, "__name__", handler))
