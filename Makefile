@@ -4,31 +4,43 @@ SHELL := /bin/bash
 UV_VERSION := 0.13.8
 UV := $(shell command -v uv >/dev/null 2>&1 && echo uv || echo python3 -m uv)
 
-.PHONY: setup sample test lint format bench run e2e-docker
+.PHONY: venv services setup sample test unit lint format bench run e2e-docker
 
-setup:
-	@# uv from PyPI; Debian's own python3 is "externally managed", hence the fallbacks.
+# uv from PyPI, then the locked environment. Debian's own python3 is "externally
+# managed", hence the fallbacks; apt only when there is no pip at all.
+venv:
 	@command -v uv >/dev/null 2>&1 || python3 -m uv --version >/dev/null 2>&1 \
 		|| python3 -m pip install --quiet "uv==$(UV_VERSION)" 2>/dev/null \
 		|| python3 -m pip install --quiet --break-system-packages "uv==$(UV_VERSION)" 2>/dev/null \
 		|| (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-pip >/dev/null \
 			&& python3 -m pip install --quiet --break-system-packages "uv==$(UV_VERSION)")
-	@# Services the tests start themselves: Redis, Prometheus; the docker client for compose checks.
+	$(UV) sync --locked --all-extras
+
+# Services the integration tests start themselves (Redis, Prometheus) and the docker
+# client the compose checks need: Debian packages.
+services:
 	@command -v redis-server >/dev/null 2>&1 && command -v prometheus >/dev/null 2>&1 \
 		&& command -v docker >/dev/null 2>&1 \
 		|| (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
 			--no-install-recommends redis-server prometheus docker.io >/dev/null)
-	$(UV) sync --locked --all-extras
 
-sample: setup
+setup: venv services
+
+sample: venv
 	$(UV) run clean-data tests/fixtures/rakuten_sample.csv -o out/rakuten_sample.cleaned.csv \
 		--report out/rakuten_sample.report.json
 
-lint: setup
+# ruff (lint and format) over the tree, mypy over src/ (settings in pyproject.toml).
+lint: venv
 	$(UV) run ruff check .
 	$(UV) run ruff format --check .
+	$(UV) run mypy
 
-test: lint
+# The fast tests: pure code and the API in-process; no services, no containers.
+unit: venv
+	$(UV) run pytest tests/unit
+
+test: lint services
 	$(UV) run pytest
 
 format:

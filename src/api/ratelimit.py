@@ -47,7 +47,9 @@ async def enforce(request: Request, settings: Settings, api_key: str | None) -> 
     try:
         client = _client(request, settings)
         async with client.pipeline(transaction=True) as pipe:
-            count, _ = await pipe.incr(name).expire(name, WINDOW_SECONDS + 1).execute()
+            pipe.incr(name)
+            pipe.expire(name, WINDOW_SECONDS + 1)
+            count, _ = await pipe.execute()
     except RedisError as exc:
         log.warning("rate limit not enforced (Redis unavailable): %s", type(exc).__name__)
         return

@@ -14,7 +14,7 @@ import socket
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path, PurePosixPath
-from typing import BinaryIO
+from typing import BinaryIO, cast
 from urllib.parse import urlsplit
 
 from src.core.processes import pid_alive
@@ -154,7 +154,7 @@ class ObjectStorage(Storage):
         reader = Hashing(stream, limit)
         try:
             self.client.put_object(
-                self.bucket, self.key(rel), reader, length=-1, part_size=UPLOAD_CHUNK
+                self.bucket, self.key(rel), cast(BinaryIO, reader), length=-1, part_size=UPLOAD_CHUNK
             )
         except BaseException:
             with contextlib.suppress(Exception):
@@ -196,10 +196,6 @@ class ObjectStorage(Storage):
                     shutil.rmtree(entry, ignore_errors=True)
                 else:
                     entry.unlink(missing_ok=True)
-
-
-def _scratch_prefix() -> str:
-    return f"s3-{socket.gethostname()}-{os.getpid()}-"
 
 
 def _scratch_prefix() -> str:

@@ -7,6 +7,7 @@ import codecs
 import csv
 import io
 import re
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -81,8 +82,7 @@ def require_columns(columns: list[str], options: CleaningOptions) -> None:
         )
     if len(columns) > MAX_COLUMNS:
         raise InputError(f"too many columns: {len(columns):,} (limit {MAX_COLUMNS:,})")
-    seen: set[str] = set()
-    repeated = sorted({n for n in columns if n in seen or seen.add(n)})
+    repeated = sorted(name for name, n in Counter(columns).items() if n > 1)
     if repeated:
         raise InputError(f"duplicated column names in header: {', '.join(map(repr, repeated))}")
 

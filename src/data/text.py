@@ -7,6 +7,7 @@ found by a vectorised test first: that is where the speed comes from.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, fields
 
 import ftfy
@@ -87,7 +88,9 @@ class ColumnCounts:
             setattr(self, f.name, getattr(self, f.name) + getattr(other, f.name))
 
 
-def _apply(values: pl.Series, mask: pl.Series, func) -> tuple[pl.Series, int]:
+def _apply(
+    values: pl.Series, mask: pl.Series, func: Callable[[str], str]
+) -> tuple[pl.Series, int]:
     """Run a Python `func` on the masked values only; return the column and how many changed."""
     if not mask.any():
         return values, 0

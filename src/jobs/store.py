@@ -107,12 +107,6 @@ class AsyncJobStore:
             )
         return doc
 
-    async def count_by_status(self) -> dict[str, int]:
-        rows = await (
-            await self.jobs.aggregate([{"$group": {"_id": "$status", "n": {"$sum": 1}}}])
-        ).to_list()
-        return {row["_id"]: row["n"] for row in rows}
-
 
 Doc = TypeVar("Doc", bound=Claimable)
 

@@ -9,6 +9,7 @@ from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 
 from src.api.deps import JobStoreDep, SettingsDep
+from src.jobs.store import AsyncJobStore
 
 router = APIRouter(tags=["health"])
 
@@ -23,7 +24,7 @@ async def health() -> dict[str, str]:
     return {"status": "ok"}
 
 
-async def _check_store(store) -> str:
+async def _check_store(store: AsyncJobStore) -> str:
     await store.ping()
     return "ok"
 
