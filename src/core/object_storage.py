@@ -154,7 +154,11 @@ class ObjectStorage(Storage):
         reader = Hashing(stream, limit)
         try:
             self.client.put_object(
-                self.bucket, self.key(rel), cast(BinaryIO, reader), length=-1, part_size=UPLOAD_CHUNK
+                self.bucket,
+                self.key(rel),
+                cast(BinaryIO, reader),
+                length=-1,
+                part_size=UPLOAD_CHUNK,
             )
         except BaseException:
             with contextlib.suppress(Exception):

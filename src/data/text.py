@@ -88,9 +88,7 @@ class ColumnCounts:
             setattr(self, f.name, getattr(self, f.name) + getattr(other, f.name))
 
 
-def _apply(
-    values: pl.Series, mask: pl.Series, func: Callable[[str], str]
-) -> tuple[pl.Series, int]:
+def _apply(values: pl.Series, mask: pl.Series, func: Callable[[str], str]) -> tuple[pl.Series, int]:
     """Run a Python `func` on the masked values only; return the column and how many changed."""
     if not mask.any():
         return values, 0
