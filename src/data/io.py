@@ -189,7 +189,7 @@ def _arrow_chunks(
 def iter_parquet(
     path: Path, options: CleaningOptions, meta: dict[str, str]
 ) -> Iterator[tuple[pl.DataFrame, int]]:
-    import pyarrow.parquet as pq  # only for Parquet: 6 MB less in every CSV run
+    import pyarrow.parquet as pq  # only for Parquet: a CSV run never loads it
 
     try:
         pf = pq.ParquetFile(path)

@@ -58,7 +58,7 @@ def french_words() -> WordFrequencies:
     """French word frequencies shipped by pyspellchecker (œ is spelled 'oe' there).
 
     Read straight from the package's word list: the SpellChecker object around it
-    would cost another 12 MB in every worker process.
+    would add its own copy to every worker process's memory.
     """
     resource = importlib.resources.files("spellchecker") / "resources" / "fr.json.gz"
     try:

@@ -54,7 +54,7 @@ def plan_parts(path: Path, part_bytes: int) -> PartPlan | None:
     A newline ends a record when the number of quotes before it is even. That
     holds when every quote sits where RFC 4180 puts one: an opening quote at the
     start of a field, a closing one at its end, or a doubled quote inside. The
-    scan checks exactly that (numpy, 8 MB at a time, ~1 s a GB, read into memory
+    scan checks exactly that (numpy, a block at a time, read into memory
     block by block rather than mapped, so the file never counts in the worker's
     RSS) and gives up on anything else (a stray quote in an unquoted field, an
     unterminated field), leaving the file to a single run, which reads it as always.
