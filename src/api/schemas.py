@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, HttpUrl
+from pydantic import BaseModel, ConfigDict, Field, HttpUrl, TypeAdapter
 
 from src.data.formats import DEFAULT_OUTPUT, OUTPUT_FORMATS, OutputFormat
 from src.data.options import CleaningOptions
@@ -29,6 +29,9 @@ JOB_EXAMPLE: dict[str, Any] = {
     "callback_error": None,
     "result_url": "/jobs/019ac5f0a3b2c4d5e6f7a8/result",
 }
+
+
+CALLBACK_URL: TypeAdapter[HttpUrl] = TypeAdapter(HttpUrl)
 
 
 class SourceRequest(BaseModel):

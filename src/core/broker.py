@@ -1,7 +1,7 @@
 """The broker: the Celery app, built on first use, and tasks sent by name (ids only).
 
 Both sides use it: the API sends tasks without importing the worker's code (nor
-pandas), and the worker (`src.worker.celery_app`) adds its tasks and schedule to the
+pandas), and the worker's entry point adds its tasks and schedule to the
 same app. Building the app reads the settings, so it happens at the first send or
 warm-up, never at import.
 """

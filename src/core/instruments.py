@@ -7,7 +7,7 @@ Three kinds, by where they are recorded:
 - Worker metrics (`WORKER_REGISTRY`): recorded in Celery's prefork pool processes. The
   worker runs them in prometheus_client's multiprocess mode (each process writes its
   values to files under PROMETHEUS_MULTIPROC_DIR) and its main process exports the sum
-  of all of them (`src/worker/exporter.py`).
+  of all of them (the worker's exporter).
 - State read at scrape time (`StateCollector`, registered by the API): queue depth from
   the broker, jobs per status and the oldest queued job from the store.
 

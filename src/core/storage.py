@@ -34,7 +34,7 @@ class OutsideStore(ValueError):
 class Storage(Protocol):
     """Blob operations both backends keep; `open_storage` picks one from the settings.
 
-    Keys are relative POSIX paths. What the keys of a job are is `src.jobs.layout`'s.
+    Keys are relative POSIX paths; which keys a job has is the job layout's business.
     """
 
     description: str  # for logs: which folder or bucket

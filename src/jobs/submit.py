@@ -197,7 +197,7 @@ async def submit(
         layout.remove_job(files, job_id)
         log.warning("submit: store unavailable: %s", exc)
         raise Unavailable("job store (MongoDB) unavailable: job not created; retry later") from None
-    except SubmitError:
+    except BaseException:  # refused, or anything unexpected: no job, so no file either
         layout.remove_job(files, job_id)
         raise
 

@@ -20,6 +20,7 @@ from starlette.datastructures import UploadFile
 from src.api.deps import ApiKeyDep, FilesDep, JobStoreDep, SettingsDep
 from src.api.errors import ApiError
 from src.api.schemas import (
+    CALLBACK_URL,
     JOB_RESPONSE,
     NOT_FOUND,
     SUBMIT_BODY,
@@ -90,7 +91,7 @@ async def submit_job(
 
     Only the job id goes to the broker; the file is streamed to DATA_DIR (or STORAGE_URL).
     """
-    content_type = request.headers.get("content-type", "")
+    content_type = request.headers.get("content-type", "").lower()
     job_id = new_job_id()
     if content_type.startswith("multipart/form-data"):
         length = int(request.headers.get("content-length") or 0)
@@ -102,6 +103,7 @@ async def submit_job(
             raise ApiError(422, "multipart field 'file' is required (the CSV or Parquet file)")
         options = submission.parse_options(_text(form.get("options")))
         output_format = _output_format(_text(form.get("output_format")))
+        callback_url = _callback_url(_text(form.get("callback_url")))
         upload.file.seek(0)
         relpath, digest = await asyncio.to_thread(
             submission.save_upload, files, settings, job_id, upload.file, upload.filename
@@ -113,7 +115,7 @@ async def submit_job(
             owns_input=True,
             options=options,
             output_format=output_format,
-            callback_url=_text(form.get("callback_url")),
+            callback_url=callback_url,
             content_digest=digest,
         )
     elif content_type.startswith("application/json"):
@@ -149,6 +151,17 @@ async def submit_job(
 
 def _text(value: Any) -> str | None:
     return value if isinstance(value, str) and value else None
+
+
+def _callback_url(value: str | None) -> str | None:
+    """Checked as the JSON body's `callback_url` is (an http or https URL)."""
+    if value is None:
+        return None
+    try:
+        return str(CALLBACK_URL.validate_python(value))
+    except ValidationError as exc:
+        detail = submission.describe_validation(exc.errors())
+        raise ApiError(422, f"invalid request: callback_url: {detail}") from None
 
 
 def _output_format(value: str | None) -> OutputFormat:
