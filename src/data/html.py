@@ -1,4 +1,5 @@
-"""HTML to text and entity decoding, shared by the fast engine and the oracle.
+"""HTML to text and entity decoding, shared by the fast engine and the test oracle
+(`tests/support/oracle.py`).
 
 The tag patterns are for polars (Rust's `regex`: no look-around, no
 back-references; the end of text is written with a z escape).

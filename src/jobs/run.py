@@ -7,8 +7,9 @@ from __future__ import annotations
 
 import logging
 
+from src.data import pipeline
 from src.data.options import CleaningOptions
-from src.data.pipeline import Progress, clean_file
+from src.data.pipeline import Progress
 from src.data.report import CleaningReport
 from src.jobs import layout, parts
 from src.jobs.context import ClaimLost, JobCancelled, JobContext, Outcome, notify
@@ -74,7 +75,7 @@ def _clean(ctx: JobContext, doc: JobDoc) -> Outcome:
     def clean() -> tuple[CleaningReport, int]:
         options = CleaningOptions.model_validate(doc["options"])
         with ctx.files.fetch(doc["input"]) as source, ctx.files.publish(result_rel) as target:
-            report = clean_file(
+            report = pipeline.clean_file(
                 source, target, options, fmt=doc["output_format"], on_progress=on_progress
             )
             return report, target.stat().st_size

@@ -39,6 +39,7 @@ from celery import Celery
 from pymongo import MongoClient
 
 from tests.integration.conftest import TERMINAL, upload
+from tests.support.hold import held
 from tests.support.services import (
     ROOT,
     Prometheus,
@@ -184,22 +185,34 @@ def observed(tmp_path_factory: pytest.TempPathFactory, sample_path: Path) -> Ite
         # The worker listens on an idle queue until Prometheus has scraped it: a job that
         # ended before the first scrape would be no increase to rate() (Prometheus counts
         # a counter's rises only once it has seen the series).
+        hold_file = workdir / "hold"
         worker = stack.start_worker(
             "observed",
             concurrency=2,
             queues="observability-hold",
+            hold_file=hold_file,
             WORKER_METRICS_PORT=str(worker_port),
             WORKER_METRICS_ADDR="127.0.0.1",
         )
         cleanup.callback(stop, worker)
         wait_for(lambda: prom.value('up{job="ml-worker"}') == 1, 30, "first scrape of the worker")
         _wait_scrapes(prom, "ml-worker")
-        control = Celery(broker=stack.redis.url)
-        replies = control.control.add_consumer(
-            "cleaning", destination=[f"observed@{socket.gethostname()}"], reply=True, timeout=10
-        )
-        control.close()
-        assert replies, "the worker did not start consuming the cleaning queue"
+        # Each pool process holds its first job (tests/support/hold.py) until both are
+        # running: the jobs run in two processes however fast the first one would end.
+        with held(hold_file):
+            control = Celery(broker=stack.redis.url)
+            replies = control.control.add_consumer(
+                "cleaning", destination=[f"observed@{socket.gethostname()}"], reply=True, timeout=10
+            )
+            control.close()
+            assert replies, "the worker did not start consuming the cleaning queue"
+            wait_for(
+                lambda: (
+                    sum(api.get(f"/jobs/{i}").json()["status"] == "running" for i in job_ids) == 2
+                ),
+                60,
+                "both pool processes holding a job",
+            )
 
         def all_done() -> bool:
             return all(api.get(f"/jobs/{i}").json()["status"] in TERMINAL for i in job_ids)
