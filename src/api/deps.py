@@ -8,8 +8,9 @@ from typing import Annotated
 from fastapi import Depends, Request, Security
 from fastapi.security import APIKeyHeader
 
-from src.api import ratelimit
+from src.api import errors, ratelimit
 from src.api.errors import ApiError
+from src.api.watch import JobWatcher
 from src.core.config import Settings
 from src.core.storage import Storage
 from src.jobs.store import AsyncJobStore
@@ -28,7 +29,18 @@ async def get_files(request: Request) -> Storage:
     return request.app.state.files
 
 
+async def get_watcher(
+    request: Request, store: Annotated[AsyncJobStore, Depends(get_store)]
+) -> JobWatcher:
+    """One watcher per app (and store), made at first use."""
+    watcher: JobWatcher | None = getattr(request.app.state, "watcher", None)
+    if watcher is None or watcher.store is not store:
+        watcher = request.app.state.watcher = JobWatcher(store)
+    return watcher
+
+
 SettingsDep = Annotated[Settings, Depends(get_settings_dep)]
+WatcherDep = Annotated[JobWatcher, Depends(get_watcher)]
 FilesDep = Annotated[Storage, Depends(get_files)]
 JobStoreDep = Annotated[AsyncJobStore, Depends(get_store)]
 
@@ -55,7 +67,7 @@ async def require_api_key(
         ok |= hmac.compare_digest(given, candidate.encode())
     if not ok:
         raise ApiError(
-            401,
+            errors.UNAUTHORIZED,
             "missing or invalid API key (header X-API-Key)",
             headers={"WWW-Authenticate": "APIKey"},
         )

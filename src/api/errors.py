@@ -1,80 +1,211 @@
-"""Every error is JSON with a `detail` that names the problem; never a traceback.
+"""Every error is an RFC 9457 problem document (`application/problem+json`); never a traceback.
 
-Domain errors (`src.jobs.submit.SubmitError` and its kinds) are mapped to HTTP
-statuses here and only here.
+`type` is a stable URI per kind of problem (`/problems/<slug>`, which the API also
+serves, so a client can look it up); `title` is that kind's summary, `detail` names
+this occurrence's problem, and `errors` lists field-level validation problems.
+Domain errors (`src.jobs.submit.SubmitError` kinds) are mapped to kinds here and only here.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field
 from pymongo.errors import PyMongoError
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from src.jobs import submit
 from src.jobs.submit import describe_validation
 
 log = logging.getLogger(__name__)
 
+PROBLEM_MEDIA_TYPE = "application/problem+json"
 RETRY_LATER = {"Retry-After": "5"}
-STATUS_OF: dict[type[submit.SubmitError], int] = {
-    submit.BadSource: 400,
-    submit.SourceNotFound: 404,
-    submit.IdempotencyConflict: 409,
-    submit.UploadTooLarge: 413,
-    submit.UnsupportedFile: 415,
-    submit.InvalidOptions: 422,
-    submit.Unavailable: 503,
+
+
+@dataclass(frozen=True)
+class Kind:
+    """One kind of problem: its URI slug, HTTP status and title."""
+
+    slug: str
+    status: int
+    title: str
+
+    @property
+    def type(self) -> str:
+        return f"/problems/{self.slug}"
+
+
+INVALID_REQUEST = Kind("invalid-request", 400, "The request is malformed")
+INVALID_CURSOR = Kind("invalid-cursor", 400, "The pagination cursor is not valid")
+INVALID_SOURCE = Kind("invalid-source", 400, "The source path may not be read")
+UNAUTHORIZED = Kind("unauthorized", 401, "Missing or invalid API key")
+NOT_FOUND = Kind("not-found", 404, "No such resource")
+JOB_NOT_FOUND = Kind("job-not-found", 404, "No such job")
+SOURCE_NOT_FOUND = Kind("source-not-found", 404, "No file at the source path")
+RESULT_GONE = Kind("result-gone", 404, "The result file is gone")
+METHOD_NOT_ALLOWED = Kind("method-not-allowed", 405, "Method not allowed on this path")
+JOB_STATE = Kind("job-state-conflict", 409, "The job is not in a state that allows this")
+IDEMPOTENCY_CONFLICT = Kind(
+    "idempotency-conflict", 409, "Idempotency-Key already used with another request"
+)
+UPLOAD_TOO_LARGE = Kind("upload-too-large", 413, "The upload is larger than MAX_UPLOAD_MB")
+UNSUPPORTED_MEDIA = Kind("unsupported-media-type", 415, "Unsupported media or file type")
+VALIDATION = Kind("validation-failed", 422, "The request does not validate")
+RATE_LIMITED = Kind("rate-limited", 429, "Too many requests")
+INTERNAL = Kind("internal-error", 500, "Internal error")
+UNAVAILABLE = Kind("service-unavailable", 503, "A backing service is unavailable")
+
+KINDS: dict[str, Kind] = {
+    kind.slug: kind
+    for kind in (
+        INVALID_REQUEST,
+        INVALID_CURSOR,
+        INVALID_SOURCE,
+        UNAUTHORIZED,
+        NOT_FOUND,
+        JOB_NOT_FOUND,
+        SOURCE_NOT_FOUND,
+        RESULT_GONE,
+        METHOD_NOT_ALLOWED,
+        JOB_STATE,
+        IDEMPOTENCY_CONFLICT,
+        UPLOAD_TOO_LARGE,
+        UNSUPPORTED_MEDIA,
+        VALIDATION,
+        RATE_LIMITED,
+        INTERNAL,
+        UNAVAILABLE,
+    )
+}
+KIND_OF: dict[type[submit.SubmitError], Kind] = {
+    submit.BadSource: INVALID_SOURCE,
+    submit.SourceNotFound: SOURCE_NOT_FOUND,
+    submit.IdempotencyConflict: IDEMPOTENCY_CONFLICT,
+    submit.UploadTooLarge: UPLOAD_TOO_LARGE,
+    submit.UnsupportedFile: UNSUPPORTED_MEDIA,
+    submit.InvalidOptions: VALIDATION,
+    submit.Unavailable: UNAVAILABLE,
+}
+BY_STATUS: dict[int, Kind] = {
+    400: INVALID_REQUEST,
+    404: NOT_FOUND,
+    405: METHOD_NOT_ALLOWED,
+    413: UPLOAD_TOO_LARGE,
+    415: UNSUPPORTED_MEDIA,
+    422: VALIDATION,
+    429: RATE_LIMITED,
+    503: UNAVAILABLE,
 }
 
 
-class ApiError(Exception):
-    """An answer with a status and a message for the client."""
+class FieldError(BaseModel):
+    """One field that does not validate."""
 
-    def __init__(self, status: int, detail: str, headers: dict[str, str] | None = None) -> None:
+    loc: list[str | int] = Field(examples=[["body", "options", "min_length"]])
+    msg: str = Field(examples=["Input should be greater than or equal to 0"])
+    type: str = Field(examples=["greater_than_equal"])
+
+
+class Problem(BaseModel):
+    """An RFC 9457 problem document: what went wrong, for a program and for a person."""
+
+    type: str = Field(
+        description="A URI per kind of problem; GET it for the kind's description.",
+        examples=["/problems/job-not-found"],
+    )
+    title: str = Field(examples=["No such job"])
+    status: int = Field(examples=[404])
+    detail: str = Field(examples=["job 019ac5f0a3b2c4d5e6f7a8 not found"])
+    instance: str | None = Field(None, description="The request path.", examples=["/jobs/x"])
+    errors: list[FieldError] | None = Field(None, description="Field-level validation problems.")
+
+
+class ApiError(Exception):
+    """An answer of a given kind, with a message for the client."""
+
+    def __init__(
+        self,
+        kind: Kind,
+        detail: str,
+        headers: dict[str, str] | None = None,
+        errors: Sequence[dict[str, Any]] | None = None,
+    ) -> None:
         super().__init__(detail)
-        self.status = status
+        self.kind = kind
         self.detail = detail
         self.headers = headers
+        self.errors = errors
 
 
-def status_of(exc: submit.SubmitError) -> int:
-    for kind in type(exc).__mro__:
-        if kind in STATUS_OF:
-            return STATUS_OF[kind]
-    return 400
+def problem(
+    request: Request,
+    kind: Kind,
+    detail: str,
+    headers: dict[str, str] | None = None,
+    errors: Sequence[dict[str, Any]] | None = None,
+) -> JSONResponse:
+    body = Problem(
+        type=kind.type,
+        title=kind.title,
+        status=kind.status,
+        detail=detail,
+        instance=request.url.path,
+        errors=[FieldError.model_validate(e) for e in errors] if errors else None,
+    )
+    return JSONResponse(
+        body.model_dump(mode="json", exclude_none=True),
+        status_code=kind.status,
+        headers=headers,
+        media_type=PROBLEM_MEDIA_TYPE,
+    )
+
+
+def field_errors(errors: Sequence[Any]) -> list[dict[str, Any]]:
+    """pydantic's errors as `FieldError`s (loc, msg, type); inputs are never echoed."""
+    return [
+        {
+            "loc": [p if isinstance(p, int) else str(p) for p in e.get("loc", ())],
+            **{k: str(e.get(k, "")) for k in ("msg", "type")},
+        }
+        for e in errors
+    ]
 
 
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(ApiError)
-    async def _api_error(_: Request, exc: ApiError) -> JSONResponse:
-        return JSONResponse({"detail": exc.detail}, status_code=exc.status, headers=exc.headers)
+    async def _api_error(request: Request, exc: ApiError) -> JSONResponse:
+        return problem(request, exc.kind, exc.detail, exc.headers, exc.errors)
 
     @app.exception_handler(submit.SubmitError)
-    async def _refused(_: Request, exc: submit.SubmitError) -> JSONResponse:
-        status = status_of(exc)
-        headers = RETRY_LATER if status == 503 else None
-        return JSONResponse({"detail": str(exc)}, status_code=status, headers=headers)
+    async def _refused(request: Request, exc: submit.SubmitError) -> JSONResponse:
+        kind = next((KIND_OF[k] for k in type(exc).__mro__ if k in KIND_OF), INVALID_REQUEST)
+        headers = RETRY_LATER if kind is UNAVAILABLE else None
+        return problem(request, kind, str(exc), headers, exc.errors)
 
     @app.exception_handler(RequestValidationError)
-    async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
-        errors = [{k: v for k, v in e.items() if k in ("loc", "msg", "type")} for e in exc.errors()]
-        return JSONResponse(
-            {"detail": describe_validation(errors), "errors": errors}, status_code=422
-        )
+    async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
+        errors = field_errors(exc.errors())
+        return problem(request, VALIDATION, describe_validation(errors), errors=errors)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        kind = BY_STATUS.get(exc.status_code) or Kind("http-error", exc.status_code, "HTTP error")
+        return problem(request, kind, str(exc.detail), dict(exc.headers or {}) or None)
 
     @app.exception_handler(PyMongoError)
-    async def _store_down(_: Request, exc: PyMongoError) -> JSONResponse:
+    async def _store_down(request: Request, exc: PyMongoError) -> JSONResponse:
         log.warning("job store error: %s", exc)
-        return JSONResponse(
-            {"detail": "job store (MongoDB) unavailable; retry later"},
-            status_code=503,
-            headers=RETRY_LATER,
-        )
+        detail = "job store (MongoDB) unavailable; retry later"
+        return problem(request, UNAVAILABLE, detail, RETRY_LATER)
 
     @app.exception_handler(Exception)
-    async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
+    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
         log.exception("unexpected error")
-        return JSONResponse({"detail": f"internal error ({type(exc).__name__})"}, status_code=500)
+        return problem(request, INTERNAL, f"internal error ({type(exc).__name__})")

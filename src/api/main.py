@@ -10,9 +10,10 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 from pymongo.errors import PyMongoError
 
-from src.api import monitoring
+from src.api import monitoring, openapi
+from src.api.docs_ui import install_docs
 from src.api.errors import install_error_handlers
-from src.api.routes import health, jobs
+from src.api.routes import health, jobs, problems, submit
 from src.core import broker
 from src.core.config import Settings, get_settings
 from src.core.logging import setup_logging
@@ -79,15 +80,25 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         version="0.1.0",
         description=DESCRIPTION,
         lifespan=lifespan,
-        docs_url="/docs" if docs else None,
+        docs_url=None,
         redoc_url=None,
         openapi_url="/openapi.json" if docs else None,
+        separate_input_output_schemas=False,
+        openapi_tags=[
+            {"name": "jobs", "description": "Submit, follow, download, cancel, delete."},
+            {"name": "health", "description": "Liveness and readiness."},
+            {"name": "problems", "description": "The kinds of error documents (RFC 9457)."},
+        ],
     )
     app.state.settings = settings
     app.state.files = open_storage(settings)
     install_error_handlers(app)
     app.include_router(health.router)
+    app.include_router(submit.router)
     app.include_router(jobs.router)
+    app.include_router(problems.router)
+    openapi.install(app)
+    install_docs(app)
     state = monitoring.instrument(app, settings)
     return app
 

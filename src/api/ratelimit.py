@@ -15,7 +15,7 @@ import redis.asyncio as aioredis
 from fastapi import Request
 from redis.exceptions import RedisError
 
-from src.api.errors import ApiError
+from src.api.errors import RATE_LIMITED, ApiError
 from src.core.config import Settings
 
 log = logging.getLogger(__name__)
@@ -56,7 +56,7 @@ async def enforce(request: Request, settings: Settings, api_key: str | None) -> 
     if count > limit:
         retry_after = max(1, int((window + 1) * WINDOW_SECONDS - now) + 1)
         raise ApiError(
-            429,
+            RATE_LIMITED,
             f"rate limit exceeded: {limit} requests per minute; retry in {retry_after}s",
             headers={"Retry-After": str(retry_after)},
         )

@@ -1,17 +1,27 @@
-"""Request and response bodies, with the examples Swagger shows."""
+"""Request and response bodies, with the examples Swagger shows: all generated from models."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, HttpUrl, TypeAdapter
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    HttpUrl,
+    Json,
+    WithJsonSchema,
+    field_validator,
+)
+from starlette.datastructures import UploadFile
 
-from src.data.formats import DEFAULT_OUTPUT, OUTPUT_FORMATS, OutputFormat
+from src.data.formats import DEFAULT_OUTPUT, OutputFormat
 from src.data.options import CleaningOptions
 from src.jobs.model import Job
 
+EXAMPLE_ID = "019ac5f0a3b2c4d5e6f7a8"
 JOB_EXAMPLE: dict[str, Any] = {
-    "id": "019ac5f0a3b2c4d5e6f7a8",
+    "id": EXAMPLE_ID,
     "status": "succeeded",
     "created_at": "2026-11-27T14:40:00Z",
     "started_at": "2026-11-27T14:40:00.050000Z",
@@ -19,7 +29,7 @@ JOB_EXAMPLE: dict[str, Any] = {
     "progress": {"rows_done": 672, "rows_total": 672, "bytes_done": 407778, "bytes_total": 407778},
     "attempts": 1,
     "error": None,
-    "report": {"rows_in": 672, "rows_out": 672, "duplicate_ids": 0, "columns": {"...": {}}},
+    "report": {"rows_in": 672, "rows_out": 672, "duplicate_ids": 0, "columns": {}},
     "options": {"lowercase": False},
     "input_name": "X_test_update.csv",
     "output_format": "csv",
@@ -27,15 +37,44 @@ JOB_EXAMPLE: dict[str, Any] = {
     "callback_url": None,
     "callback_status": None,
     "callback_error": None,
-    "result_url": "/jobs/019ac5f0a3b2c4d5e6f7a8/result",
+    "result_url": f"/jobs/{EXAMPLE_ID}/result",
 }
+CALLBACK_DESCRIPTION = "The final job JSON is POSTed here (http or https) when the job ends."
 
 
-CALLBACK_URL: TypeAdapter[HttpUrl] = TypeAdapter(HttpUrl)
+class UploadRequest(BaseModel):
+    """Clean an uploaded file (`multipart/form-data`)."""
+
+    model_config = ConfigDict(arbitrary_types_allowed=True, extra="ignore")
+
+    file: Annotated[
+        Any,
+        WithJsonSchema(
+            {
+                "type": "string",
+                "format": "binary",
+                "description": "The file to clean: .csv/.txt, .parquet/.pq or .jsonl/.ndjson.",
+            }
+        ),
+    ]
+    options: Json[CleaningOptions] | None = Field(
+        None,
+        description="CleaningOptions as JSON text; the defaults when absent.",
+        examples=['{"lowercase": true, "drop_duplicates": true}'],
+    )
+    output_format: OutputFormat = DEFAULT_OUTPUT
+    callback_url: HttpUrl | None = Field(None, description=CALLBACK_DESCRIPTION)
+
+    @field_validator("file")
+    @classmethod
+    def _a_file(cls, value: Any) -> UploadFile:
+        if not isinstance(value, UploadFile):
+            raise ValueError("must be a file part (the CSV, Parquet or JSON Lines file)")
+        return value
 
 
 class SourceRequest(BaseModel):
-    """Clean a file already under DATA_DIR."""
+    """Clean a file already under DATA_DIR (or in the bucket), by its relative path."""
 
     model_config = ConfigDict(
         extra="forbid",
@@ -50,77 +89,26 @@ class SourceRequest(BaseModel):
         },
     )
 
-    source: str = Field(description="A path relative to DATA_DIR, e.g. raw/X_test.csv")
+    source: str = Field(
+        min_length=1,
+        max_length=1024,
+        description="A path relative to DATA_DIR, e.g. raw/X_test.csv",
+    )
     options: CleaningOptions = Field(default_factory=CleaningOptions)
     output_format: OutputFormat = DEFAULT_OUTPUT
-    callback_url: HttpUrl | None = Field(
-        None, description="The final job JSON is POSTed here when the job ends."
-    )
+    callback_url: HttpUrl | None = Field(None, description=CALLBACK_DESCRIPTION)
 
 
 class JobList(BaseModel):
+    """One page of jobs, newest first."""
+
     items: list[Job]
     next_cursor: str | None = Field(None, description="Pass as `cursor` for the next page.")
 
 
-class ErrorBody(BaseModel):
-    detail: str = Field(examples=["job 019ac5f0a3b2c4d5e6f7a8 not found"])
+class ProblemKind(BaseModel):
+    """What a `type` URI of a problem document stands for."""
 
-
-def error(description: str, example: str) -> dict[str, Any]:
-    """An OpenAPI response entry for an error, with its example."""
-    return {
-        "model": ErrorBody,
-        "description": description,
-        "content": {"application/json": {"example": {"detail": example}}},
-    }
-
-
-JOB_RESPONSE = {"content": {"application/json": {"example": JOB_EXAMPLE}}}
-NOT_FOUND = error("Unknown job id", "job 019ac5f0a3b2c4d5e6f7a8 not found")
-UNAUTHORIZED = error(
-    "API_KEYS is set and X-API-Key is missing or wrong",
-    "missing or invalid API key (header X-API-Key)",
-)
-UNAVAILABLE = error(
-    "MongoDB or Redis is down; nothing was created",
-    "broker (Redis) unavailable: job not created; retry later",
-)
-
-SUBMIT_BODY = {
-    "requestBody": {
-        "required": True,
-        "content": {
-            "multipart/form-data": {
-                "schema": {
-                    "type": "object",
-                    "required": ["file"],
-                    "properties": {
-                        "file": {
-                            "type": "string",
-                            "format": "binary",
-                            "description": "CSV, Parquet or JSON Lines",
-                        },
-                        "options": {
-                            "type": "string",
-                            "description": "CleaningOptions as JSON",
-                            "example": '{"lowercase": true}',
-                        },
-                        "output_format": {
-                            "type": "string",
-                            "enum": list(OUTPUT_FORMATS),
-                            "default": DEFAULT_OUTPUT,
-                        },
-                        "callback_url": {"type": "string", "format": "uri"},
-                    },
-                }
-            },
-            "application/json": {
-                "schema": SourceRequest.model_json_schema(
-                    ref_template="#/components/schemas/{model}"
-                ),
-                "example": {"source": "raw/X_test_update.csv", "options": {"lowercase": True}},
-            },
-        },
-    }
-}
+    type: str = Field(examples=["/problems/job-not-found"])
+    title: str = Field(examples=["No such job"])
+    status: int = Field(examples=[404])

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import httpx
 
-from src.jobs.model import Job
+from src.jobs.model import CallbackStatus, Job
 from src.jobs.store import JobStore
 
 
@@ -24,12 +24,11 @@ def deliver_callback(store: JobStore, job_id: str, timeout: float = 10.0) -> boo
         raise CallbackFailed(f"{type(exc).__name__}: {exc}") from exc
     if response.status_code >= 300:
         raise CallbackFailed(f"HTTP {response.status_code}")
-    store.set_fields(job_id, callback_status="delivered", callback_error=None)
+    store.set_fields(job_id, callback_status=CallbackStatus.DELIVERED, callback_error=None)
     return True
 
 
 def record_failure(store: JobStore, job_id: str, error: str, final: bool) -> None:
     """Show the delivery problem on the job: `retrying`, or `failed` once given up."""
-    store.set_fields(
-        job_id, callback_status="failed" if final else "retrying", callback_error=error
-    )
+    status = CallbackStatus.FAILED if final else CallbackStatus.RETRYING
+    store.set_fields(job_id, callback_status=status, callback_error=error)

@@ -7,11 +7,13 @@ import secrets
 import time
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from pydantic import BaseModel, Field
 
 from src.data.formats import DEFAULT_OUTPUT, OutputFormat
+from src.data.options import CleaningOptions
+from src.data.report import CleaningReport
 
 if TYPE_CHECKING:
     from src.jobs.records import JobDoc
@@ -23,6 +25,12 @@ class JobStatus(StrEnum):
     SUCCEEDED = "succeeded"
     FAILED = "failed"
     CANCELLED = "cancelled"
+
+
+class CallbackStatus(StrEnum):
+    RETRYING = "retrying"  # the endpoint refused or failed; the delivery is retried
+    DELIVERED = "delivered"
+    FAILED = "failed"  # given up after CALLBACK_RETRIES
 
 
 TERMINAL = frozenset({JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED})
@@ -64,13 +72,13 @@ class Job(BaseModel):
     progress: JobProgress = Field(default_factory=JobProgress)
     attempts: int = 0
     error: str | None = None
-    report: dict[str, Any] | None = None
-    options: dict[str, Any] = Field(default_factory=dict)
+    report: CleaningReport | None = Field(None, description="Once succeeded: what changed.")
+    options: CleaningOptions = Field(default_factory=CleaningOptions)
     input_name: str | None = None
     output_format: OutputFormat = DEFAULT_OUTPUT
     cancel_requested: bool = False
     callback_url: str | None = None
-    callback_status: str | None = None
+    callback_status: CallbackStatus | None = None
     callback_error: str | None = None
     result_url: str | None = None
 
@@ -93,8 +101,8 @@ class Job(BaseModel):
             ),
             attempts=doc.get("attempts") or 0,
             error=doc.get("error"),
-            report=doc.get("report"),
-            options=doc.get("options") or {},
+            report=CleaningReport.model_validate(doc["report"]) if doc.get("report") else None,
+            options=CleaningOptions.model_validate(doc.get("options") or {}),
             input_name=doc.get("input_name"),
             output_format=doc["output_format"],
             cancel_requested=bool(doc.get("cancel_requested")),

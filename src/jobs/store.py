@@ -80,6 +80,15 @@ class AsyncJobStore:
     async def delete(self, job_id: str) -> None:
         await self.jobs.delete_one({"_id": job_id})
 
+    async def delete_job(self, job_id: str) -> None:
+        """A job's record and its parts' (a failed or cancelled split job keeps them)."""
+        await self.jobs.database[PARTS_COLLECTION].delete_many({"job_id": job_id})
+        await self.jobs.delete_one({"_id": job_id})
+
+    async def get_many(self, job_ids: list[str]) -> list[JobDoc]:
+        """Several jobs in one round trip (those that exist)."""
+        return await self.jobs.find({"_id": {"$in": job_ids}}).to_list(length=len(job_ids))
+
     async def list(
         self, status: JobStatus | None, limit: int, before_id: str | None
     ) -> list[JobDoc]:

@@ -14,10 +14,10 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import PurePath
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 import anyio
 from pydantic import ValidationError
@@ -36,7 +36,11 @@ log = logging.getLogger(__name__)
 
 
 class SubmitError(Exception):
-    """A refused submission; nothing of it was kept."""
+    """A refused submission; nothing of it was kept. `errors`: pydantic's, per field."""
+
+    def __init__(self, detail: str, errors: list[dict[str, Any]] | None = None) -> None:
+        super().__init__(detail)
+        self.errors = errors
 
 
 class InvalidOptions(SubmitError):
@@ -67,7 +71,7 @@ class Unavailable(SubmitError):
     """The store or the broker is down: nothing was created; retry later."""
 
 
-def describe_validation(errors: list) -> str:
+def describe_validation(errors: Sequence[Mapping[str, Any]]) -> str:
     """'options.min_length: Input should be greater than or equal to 0'."""
     parts = []
     for err in errors[:5]:
@@ -82,7 +86,13 @@ def parse_options(raw: str | None) -> CleaningOptions:
     try:
         return CleaningOptions.model_validate_json(raw)
     except ValidationError as exc:
-        raise InvalidOptions(f"invalid options: {describe_validation(exc.errors())}") from None
+        errors = [
+            {"loc": ["body", "options", *e["loc"]], "msg": e["msg"], "type": e["type"]}
+            for e in exc.errors()
+        ]
+        raise InvalidOptions(
+            f"invalid options: {describe_validation(exc.errors())}", errors
+        ) from None
 
 
 def upload_suffix(filename: str | None) -> str:

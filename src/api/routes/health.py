@@ -16,6 +16,7 @@ router = APIRouter(tags=["health"])
 
 @router.get(
     "/health",
+    operation_id="getHealth",
     summary="Alive",
     responses={200: {"content": {"application/json": {"example": {"status": "ok"}}}}},
 )
@@ -40,6 +41,7 @@ async def _check_redis(url: str, timeout: float) -> str:
 
 @router.get(
     "/ready",
+    operation_id="getReadiness",
     summary="Ready: MongoDB and Redis reachable",
     responses={
         200: {

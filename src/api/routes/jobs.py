@@ -1,176 +1,42 @@
-"""The job routes: submit, inspect, list, download, cancel, follow."""
+"""The job routes after submission: inspect (and wait), list, download, cancel, follow, delete."""
 
 from __future__ import annotations
 
 import asyncio
 import base64
-import binascii
 import json
 from collections.abc import AsyncIterator
 from pathlib import PurePath
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Header, Query, Request
-from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
-from pydantic import ValidationError
+from fastapi import APIRouter, Query, Response
+from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
 from sse_starlette.sse import EventSourceResponse
 from starlette.concurrency import iterate_in_threadpool
-from starlette.datastructures import UploadFile
 
-from src.api.deps import ApiKeyDep, FilesDep, JobStoreDep, SettingsDep
+from src.api import errors, openapi
+from src.api.deps import ApiKeyDep, FilesDep, JobStoreDep, WatcherDep
 from src.api.errors import ApiError
-from src.api.schemas import (
-    CALLBACK_URL,
-    JOB_RESPONSE,
-    NOT_FOUND,
-    SUBMIT_BODY,
-    UNAUTHORIZED,
-    UNAVAILABLE,
-    JobList,
-    SourceRequest,
-    error,
-)
-from src.core import broker, instruments
-from src.data.formats import DEFAULT_OUTPUT, MEDIA_TYPES, OUTPUT_FORMATS, OutputFormat
-from src.jobs import submit as submission
-from src.jobs.model import JOB_ID, TERMINAL, Job, JobStatus, new_job_id
+from src.api.routes.submit import job_response
+from src.api.schemas import EXAMPLE_ID, JobList
+from src.core import instruments
+from src.data.formats import MEDIA_TYPES
+from src.jobs import layout
+from src.jobs.model import JOB_ID, TERMINAL, Job, JobStatus
 from src.jobs.records import JobDoc
 from src.jobs.store import AsyncJobStore
 
 router = APIRouter(prefix="/jobs", tags=["jobs"])
 
-
-def _job_response(job: Job, status: int) -> JSONResponse:
-    return JSONResponse(
-        job.model_dump(mode="json"), status_code=status, headers={"Location": f"/jobs/{job.id}"}
-    )
+MAX_WAIT_SECONDS = 60
+JobId = Annotated[str, openapi.path_param(EXAMPLE_ID)]
 
 
 async def _get(store: AsyncJobStore, job_id: str) -> JobDoc:
     doc = await store.get(job_id)
     if doc is None:
-        raise ApiError(404, f"job {job_id} not found")
+        raise ApiError(errors.JOB_NOT_FOUND, f"job {job_id} not found")
     return doc
-
-
-@router.post(
-    "/clean",
-    status_code=202,
-    summary="Submit a cleaning job (upload or a file under DATA_DIR)",
-    openapi_extra=SUBMIT_BODY,
-    responses={
-        202: {"description": "Accepted; follow `Location`", **JOB_RESPONSE},
-        400: error("Bad `source` path", "source must not contain '..'"),
-        401: UNAUTHORIZED,
-        404: error("`source` not found", "source not found under DATA_DIR: raw/X.csv"),
-        409: error(
-            "Idempotency-Key reused with another request",
-            "Idempotency-Key already used with a different request",
-        ),
-        413: error("Upload over MAX_UPLOAD_MB", "upload exceeds MAX_UPLOAD_MB (512 MB)"),
-        415: error(
-            "Not CSV/Parquet, or not multipart/JSON",
-            "unsupported file type '.xlsx': send a .csv, .parquet or .jsonl file",
-        ),
-        422: error(
-            "Invalid options",
-            "invalid options: min_length: Input should be greater than or equal to 0",
-        ),
-        503: UNAVAILABLE,
-    },
-)
-async def submit_job(
-    request: Request,
-    store: JobStoreDep,
-    settings: SettingsDep,
-    files: FilesDep,
-    _key: ApiKeyDep,
-    idempotency_key: Annotated[str | None, Header(max_length=200)] = None,
-) -> JSONResponse:
-    """Multipart (`file`, optional `options` JSON) or JSON `{"source": ..., "options": ...}`.
-
-    Only the job id goes to the broker; the file is streamed to DATA_DIR (or STORAGE_URL).
-    """
-    content_type = request.headers.get("content-type", "").lower()
-    job_id = new_job_id()
-    if content_type.startswith("multipart/form-data"):
-        length = int(request.headers.get("content-length") or 0)
-        if length > settings.max_upload_bytes + (1 << 20):
-            raise ApiError(413, f"upload exceeds MAX_UPLOAD_MB ({settings.max_upload_mb} MB)")
-        form = await request.form(max_files=1, max_fields=10)
-        upload = form.get("file")
-        if not isinstance(upload, UploadFile):
-            raise ApiError(422, "multipart field 'file' is required (the CSV or Parquet file)")
-        options = submission.parse_options(_text(form.get("options")))
-        output_format = _output_format(_text(form.get("output_format")))
-        callback_url = _callback_url(_text(form.get("callback_url")))
-        upload.file.seek(0)
-        relpath, digest = await asyncio.to_thread(
-            submission.save_upload, files, settings, job_id, upload.file, upload.filename
-        )
-        sub = submission.Submission(
-            job_id=job_id,
-            input_relpath=relpath,
-            input_name=PurePath(upload.filename or "input").name,
-            owns_input=True,
-            options=options,
-            output_format=output_format,
-            callback_url=callback_url,
-            content_digest=digest,
-        )
-    elif content_type.startswith("application/json"):
-        try:
-            body = SourceRequest.model_validate_json(await request.body())
-        except ValidationError as exc:
-            detail = submission.describe_validation(exc.errors())
-            raise ApiError(422, f"invalid request: {detail}") from None
-        relpath = await asyncio.to_thread(submission.find_source, files, body.source)
-        sub = submission.Submission(
-            job_id=job_id,
-            input_relpath=relpath,
-            input_name=PurePath(relpath).name,
-            owns_input=False,
-            options=body.options,
-            output_format=body.output_format,
-            callback_url=str(body.callback_url) if body.callback_url else None,
-            content_digest=f"source:{relpath}",
-        )
-    else:
-        raise ApiError(415, "send multipart/form-data (a file) or application/json (a source)")
-
-    job, created = await submission.submit(
-        store, settings, files, broker.send_clean, sub, idempotency_key
-    )
-    if created:
-        instruments.JOBS_SUBMITTED.inc()
-    response = _job_response(job, 202)
-    if not created:
-        response.headers["Idempotent-Replayed"] = "true"
-    return response
-
-
-def _text(value: Any) -> str | None:
-    return value if isinstance(value, str) and value else None
-
-
-def _callback_url(value: str | None) -> str | None:
-    """Checked as the JSON body's `callback_url` is (an http or https URL)."""
-    if value is None:
-        return None
-    try:
-        return str(CALLBACK_URL.validate_python(value))
-    except ValidationError as exc:
-        detail = submission.describe_validation(exc.errors())
-        raise ApiError(422, f"invalid request: callback_url: {detail}") from None
-
-
-def _output_format(value: str | None) -> OutputFormat:
-    for fmt in OUTPUT_FORMATS:
-        if value == fmt:
-            return fmt
-    if value is None:
-        return DEFAULT_OUTPUT
-    raise ApiError(422, "output_format must be 'csv' or 'parquet'")
 
 
 def _encode_cursor(job_id: str) -> str:
@@ -180,25 +46,29 @@ def _encode_cursor(job_id: str) -> str:
 def _decode_cursor(cursor: str) -> str:
     try:
         job_id = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
-    except (binascii.Error, UnicodeDecodeError):
+    except ValueError:  # not base64, not ASCII, not UTF-8
         job_id = ""
     if not JOB_ID.fullmatch(job_id):
-        raise ApiError(400, "invalid cursor: pass next_cursor from the previous page")
+        raise ApiError(
+            errors.INVALID_CURSOR, "invalid cursor: pass next_cursor from the previous page"
+        )
     return job_id
 
 
 @router.get(
     "",
-    response_model=JobList,
+    operation_id="listJobs",
     summary="List jobs, newest first",
-    responses={401: UNAUTHORIZED, 503: UNAVAILABLE},
+    responses=openapi.problems(errors.INVALID_CURSOR, errors.VALIDATION),
 )
 async def list_jobs(
     store: JobStoreDep,
     _key: ApiKeyDep,
-    status: JobStatus | None = None,
-    limit: Annotated[int, Query(ge=1, le=200)] = 20,
-    cursor: str | None = None,
+    status: Annotated[JobStatus | None, Query(description="Only jobs in this status.")] = None,
+    limit: Annotated[int, Query(ge=1, le=200, description="Jobs per page.")] = 20,
+    cursor: Annotated[
+        str | None, Query(max_length=64, description="`next_cursor` of the previous page.")
+    ] = None,
 ) -> JobList:
     before = _decode_cursor(cursor) if cursor else None
     docs = await store.list(status, limit, before)
@@ -209,35 +79,62 @@ async def list_jobs(
 
 @router.get(
     "/{job_id}",
-    response_model=Job,
-    summary="Status, progress, report",
-    responses={200: JOB_RESPONSE, 401: UNAUTHORIZED, 404: NOT_FOUND},
+    operation_id="getJob",
+    summary="Status, progress, report; optionally wait for the end",
+    responses={
+        **openapi.job_response("The job"),
+        **openapi.problems(errors.JOB_NOT_FOUND, errors.VALIDATION),
+    },
 )
-async def get_job(job_id: str, store: JobStoreDep, _key: ApiKeyDep) -> Job:
-    return Job.from_doc(await _get(store, job_id))
+async def get_job(
+    job_id: JobId,
+    store: JobStoreDep,
+    watcher: WatcherDep,
+    _key: ApiKeyDep,
+    wait: Annotated[
+        float | None,
+        Query(
+            ge=0,
+            le=MAX_WAIT_SECONDS,
+            description="Answer as soon as the job is finished, or after this many seconds.",
+        ),
+    ] = None,
+) -> Job:
+    doc = await _get(store, job_id)
+    if wait and doc["status"] not in TERMINAL:
+        await watcher.wait_finished(job_id, wait)
+        doc = await _get(store, job_id)
+    return Job.from_doc(doc)
 
 
 @router.get(
     "/{job_id}/result",
+    operation_id="getJobResult",
     summary="Download the cleaned file",
     response_class=FileResponse,
     responses={
-        200: {"content": {"text/csv": {}, "application/vnd.apache.parquet": {}}},
-        401: UNAUTHORIZED,
-        404: NOT_FOUND,
-        409: error(
-            "Not succeeded (yet)", "job is running; the result is available once it succeeded"
-        ),
+        200: {
+            "description": "The cleaned file (CSV or Parquet, as the job asked)",
+            "content": {
+                media.split(";")[0]: {"schema": {"type": "string", "format": "binary"}}
+                for media in MEDIA_TYPES.values()
+            },
+        },
+        **openapi.problems(errors.JOB_NOT_FOUND, errors.RESULT_GONE, errors.JOB_STATE),
     },
 )
-async def get_result(job_id: str, store: JobStoreDep, files: FilesDep, _key: ApiKeyDep) -> Response:
+async def get_result(
+    job_id: JobId, store: JobStoreDep, files: FilesDep, _key: ApiKeyDep
+) -> Response:
     doc = await _get(store, job_id)
     result = doc.get("result")
     if doc["status"] != JobStatus.SUCCEEDED or result is None:
-        raise ApiError(409, f"job is {doc['status']}; the result is available once it succeeded")
+        raise ApiError(
+            errors.JOB_STATE, f"job is {doc['status']}; the result is available once it succeeded"
+        )
     size = await asyncio.to_thread(files.size, result)
     if size is None:
-        raise ApiError(404, f"result of job {job_id} is gone (expired or removed)")
+        raise ApiError(errors.RESULT_GONE, f"result of job {job_id} is gone (expired or removed)")
     fmt = doc["output_format"]
     media = MEDIA_TYPES[fmt]
     filename = f"{PurePath(doc['input_name'] or 'input').stem}.cleaned.{fmt}"
@@ -255,44 +152,68 @@ async def get_result(job_id: str, store: JobStoreDep, files: FilesDep, _key: Api
 
 @router.post(
     "/{job_id}/cancel",
-    summary="Cancel: queued at once, running at the next chunk",
+    operation_id="cancelJob",
+    summary="Cancel: a queued job at once, a running one at its next chunk",
     responses={
-        200: JOB_RESPONSE,
-        401: UNAUTHORIZED,
-        404: NOT_FOUND,
-        409: error(
-            "Already finished", "job is succeeded; only queued or running jobs can be cancelled"
-        ),
+        **openapi.job_response("The job, cancelled (queued) or asked to stop (running)"),
+        **openapi.problems(errors.JOB_NOT_FOUND, errors.JOB_STATE),
     },
 )
-async def cancel_job(job_id: str, store: JobStoreDep, _key: ApiKeyDep) -> JSONResponse:
+async def cancel_job(job_id: JobId, store: JobStoreDep, _key: ApiKeyDep) -> JSONResponse:
     doc = await store.cancel(job_id)
     if doc is None:
         current = await _get(store, job_id)
         raise ApiError(
-            409, f"job is {current['status']}; only queued or running jobs can be cancelled"
+            errors.JOB_STATE,
+            f"job is {current['status']}; only queued or running jobs can be cancelled",
         )
     if doc["status"] == JobStatus.CANCELLED:  # a queued job, ended here (no worker)
         instruments.JOBS_CANCELLED_QUEUED.labels(status=doc["status"]).inc()
-    return _job_response(Job.from_doc(doc), 200)
+    return job_response(Job.from_doc(doc), 200)
+
+
+@router.delete(
+    "/{job_id}",
+    operation_id="deleteJob",
+    summary="Delete a finished job: its record and its files",
+    status_code=204,
+    response_class=Response,
+    responses={
+        204: {"description": "Deleted"},
+        **openapi.problems(errors.JOB_NOT_FOUND, errors.JOB_STATE),
+    },
+)
+async def delete_job(
+    job_id: JobId, store: JobStoreDep, files: FilesDep, _key: ApiKeyDep
+) -> Response:
+    """A queued or running job answers 409: cancel it first. A `source` file is never removed."""
+    doc = await _get(store, job_id)
+    if doc["status"] not in TERMINAL:
+        raise ApiError(errors.JOB_STATE, f"job is {doc['status']}; cancel it first, then delete it")
+    await asyncio.to_thread(layout.remove_job, files, job_id)
+    await store.delete_job(job_id)
+    return Response(status_code=204)
 
 
 @router.get(
     "/{job_id}/events",
+    operation_id="streamJobEvents",
     summary="Server-Sent Events: status and progress until the job ends",
+    response_class=EventSourceResponse,
     responses={
         200: {
+            "description": "`job` events (the job JSON) until it ends; `gone` if it is deleted",
             "content": {
                 "text/event-stream": {
-                    "example": 'event: job\ndata: {"id": "...", "status": "running", ...}\n\n'
+                    "schema": {"type": "string"},
+                    "example": 'event: job\ndata: {"id": "...", "status": "running", ...}\n\n',
                 }
-            }
+            },
         },
-        401: UNAUTHORIZED,
-        404: NOT_FOUND,
+        **openapi.problems(errors.JOB_NOT_FOUND),
     },
 )
-async def job_events(job_id: str, store: JobStoreDep, _key: ApiKeyDep) -> EventSourceResponse:
+async def job_events(job_id: JobId, store: JobStoreDep, _key: ApiKeyDep) -> EventSourceResponse:
     await _get(store, job_id)
 
     async def stream() -> AsyncIterator[dict[str, str]]:
