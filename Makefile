@@ -16,13 +16,14 @@ venv:
 			&& python3 -m pip install --quiet --break-system-packages "uv==$(UV_VERSION)")
 	$(UV) sync --locked --all-extras
 
-# Services the integration tests start themselves (Redis, Prometheus) and the docker
-# client the compose checks need: Debian packages.
+# Services the integration tests start themselves (Redis, Prometheus), the docker
+# client the compose checks need and the headless Chromium the browser test drives
+# (Playwright with /usr/bin/chromium; it never downloads a browser): Debian packages.
 services:
 	@command -v redis-server >/dev/null 2>&1 && command -v prometheus >/dev/null 2>&1 \
-		&& command -v docker >/dev/null 2>&1 \
+		&& command -v docker >/dev/null 2>&1 && command -v chromium >/dev/null 2>&1 \
 		|| (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
-			--no-install-recommends redis-server prometheus docker.io >/dev/null)
+			--no-install-recommends redis-server prometheus docker.io chromium >/dev/null)
 
 setup: venv services
 

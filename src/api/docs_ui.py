@@ -18,6 +18,24 @@ from fastapi.staticfiles import StaticFiles
 STATIC_DIR = Path(__file__).parent / "static"
 ASSETS_PATH = "/docs-assets"
 
+# The pages may load only from this host. ReDoc 2 hard-codes an image from its CDN (the
+# "API docs by Redocly" logo): the browser refuses it rather than fetch it, and ReDoc
+# hides the broken image. Inline scripts and styles: FastAPI's pages start the UI
+# with one, ReDoc styles with them. ReDoc's search runs in a blob: worker.
+CONTENT_SECURITY_POLICY = "; ".join(
+    [
+        "default-src 'self'",
+        "script-src 'self' 'unsafe-inline'",
+        "style-src 'self' 'unsafe-inline'",
+        "img-src 'self' data:",
+        "font-src 'self' data:",
+        "connect-src 'self'",
+        "worker-src 'self' blob:",
+        "base-uri 'self'",
+        "form-action 'self'",
+    ]
+)
+
 SWAGGER_UI_PARAMETERS = {
     "deepLinking": True,
     # The key entered with "Authorize" survives a reload (kept in the browser's storage).
@@ -43,7 +61,7 @@ def install_docs(app: FastAPI) -> None:
     async def swagger_ui(request: Request) -> HTMLResponse:
         root = prefix(request)
         assets = f"{root}{ASSETS_PATH}/swagger-ui"
-        return get_swagger_ui_html(
+        page = get_swagger_ui_html(
             openapi_url=f"{root}{openapi_url}",
             title=f"{app.title} - Swagger UI",
             swagger_js_url=f"{assets}/swagger-ui-bundle.js",
@@ -51,14 +69,18 @@ def install_docs(app: FastAPI) -> None:
             swagger_favicon_url=f"{assets}/favicon-32x32.png",
             swagger_ui_parameters=SWAGGER_UI_PARAMETERS,
         )
+        page.headers["Content-Security-Policy"] = CONTENT_SECURITY_POLICY
+        return page
 
     @app.get("/redoc", include_in_schema=False)
     async def redoc(request: Request) -> HTMLResponse:
         root = prefix(request)
-        return get_redoc_html(
+        page = get_redoc_html(
             openapi_url=f"{root}{openapi_url}",
             title=f"{app.title} - ReDoc",
             redoc_js_url=f"{root}{ASSETS_PATH}/redoc/redoc.standalone.js",
             redoc_favicon_url=f"{root}{ASSETS_PATH}/swagger-ui/favicon-32x32.png",
             with_google_fonts=False,
         )
+        page.headers["Content-Security-Policy"] = CONTENT_SECURITY_POLICY
+        return page

@@ -1,11 +1,13 @@
 """`clean-data`: clean a product CSV (or every CSV of data/raw) from the command line.
 
-Also runs as `python -m src.data.clean_data`, the guide's ETL container command.
+Also runs as `python -m src.data.clean_data`, the guide's ETL container command. With
+`--remote URL` the cleaning service does the work (`src.client.cli`), not this process.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import typing
 from pathlib import Path
@@ -14,6 +16,7 @@ from pydantic import ValidationError
 
 from src.data.formats import DEFAULT_OUTPUT, OUTPUT_FORMATS, OutputFormat
 from src.data.options import CleaningOptions
+from src.data.report import CleaningReport
 
 DEFAULT_RAW = Path("data/raw")
 DEFAULT_CLEANED = Path("data/cleaned")
@@ -25,9 +28,11 @@ examples:
   clean-data tests/fixtures/rakuten_sample.csv -o out/sample.csv --report out/report.json
   clean-data X_train.csv --format parquet --lowercase --drop-duplicates
   clean-data                      # every data/raw/*.csv into data/cleaned/ (the ETL container)
+  clean-data --remote http://127.0.0.1:8000 X_test.csv -o X_test.cleaned.csv   # on the service
 
-exit status: 0 success; 1 bad input (one line on stderr, no output left behind);
-2 bad command line; 3 unexpected failure.
+exit status: 0 success; 1 bad input (one line on stderr, no output left behind;
+with --remote: the service refused the input or the job failed); 2 bad command line;
+3 unexpected failure (with --remote: the service is unreachable or failing).
 """
 
 
@@ -78,6 +83,16 @@ def build_parser() -> argparse.ArgumentParser:
         help="output folder when INPUT is omitted",
     )
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress bar, no summary")
+    remote = parser.add_argument_group("remote: clean on the cleaning service (docs/client.md)")
+    remote.add_argument(
+        "--remote", metavar="URL", help="the service's base URL, e.g. http://127.0.0.1:8000"
+    )
+    remote.add_argument(
+        "--api-key",
+        metavar="KEY",
+        default=os.environ.get("CLEANING_API_KEY"),
+        help="sent as X-API-Key (default: $CLEANING_API_KEY)",
+    )
     _add_option_arguments(parser)
     return parser
 
@@ -89,8 +104,11 @@ def _options(args: argparse.Namespace) -> CleaningOptions:
     return CleaningOptions(**given)
 
 
-def _progress_bar(path: Path, quiet: bool) -> tuple[typing.Any, typing.Any]:
-    """A tqdm bar in bytes on a terminal; nothing when piped or quiet."""
+def progress_bar(path: Path, quiet: bool) -> tuple[typing.Any, typing.Any]:
+    """A tqdm bar in bytes on a terminal; nothing when piped or quiet.
+
+    `update` takes anything with `bytes_done` and `rows_done`: the engine's `Progress`
+    or a remote job's `JobProgress`."""
     if quiet or not sys.stderr.isatty():
         return None, None
     from tqdm import tqdm
@@ -114,18 +132,34 @@ def _clean_one(
 ) -> None:
     from src.data.pipeline import clean_file
 
-    bar, update = _progress_bar(source, args.quiet) if source.is_file() else (None, None)
+    bar, update = progress_bar(source, args.quiet) if source.is_file() else (None, None)
     try:
         report = clean_file(source, target, options, fmt=fmt, on_progress=update)
     finally:
         if bar is not None:
             bar.close()
+    report_outcome(source, target, report, report_path, args.quiet)
+
+
+def report_outcome(
+    source: Path,
+    target: Path,
+    report: CleaningReport,
+    report_path: Path | None,
+    quiet: bool,
+    note: str = "",
+) -> None:
+    """The JSON report to `report_path`, and the summary lines unless quiet."""
     if report_path:
         report_path.parent.mkdir(parents=True, exist_ok=True)
         report_path.write_text(report.model_dump_json(indent=2) + "\n", encoding="utf-8")
-    if not args.quiet:
-        print(f"{source} → {target}")
+    if not quiet:
+        print(f"{source} → {target}{note}")
         print(report.summary())
+
+
+def default_target(source: Path, fmt: OutputFormat | None) -> Path:
+    return source.with_name(f"{source.stem}.cleaned.{fmt or DEFAULT_OUTPUT}")
 
 
 def run(argv: list[str] | None = None) -> int:
@@ -136,14 +170,19 @@ def run(argv: list[str] | None = None) -> int:
     except ValidationError as exc:
         err = exc.errors()[0]
         parser.error(f"--{'-'.join(map(str, err['loc'])).replace('_', '-')}: {err['msg']}")
+    if args.remote is not None:
+        try:
+            from src.client.cli import run_remote
+        except ImportError as exc:  # an install without the `client` extra
+            print(f"clean-data: error: --remote needs httpx and httpx-sse: {exc}", file=sys.stderr)
+            return EXIT_FAILURE
+        return run_remote(parser, args, options)
     from src.data.io import InputError
 
     try:
         if args.input is not None:
             fmt = args.format
-            target = args.output or args.input.with_name(
-                f"{args.input.stem}.cleaned.{fmt or DEFAULT_OUTPUT}"
-            )
+            target = args.output or default_target(args.input, fmt)
             _clean_one(args.input, target, args.report, fmt, args, options)
         else:
             sources = sorted(args.raw_dir.glob("*.csv"))
