@@ -16,10 +16,10 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, Field
 from pymongo.errors import PyMongoError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from src.api.models import FieldError, Problem
 from src.jobs import submit
 from src.jobs.submit import describe_validation
 
@@ -103,28 +103,6 @@ BY_STATUS: dict[int, Kind] = {
     429: RATE_LIMITED,
     503: UNAVAILABLE,
 }
-
-
-class FieldError(BaseModel):
-    """One field that does not validate."""
-
-    loc: list[str | int] = Field(examples=[["body", "options", "min_length"]])
-    msg: str = Field(examples=["Input should be greater than or equal to 0"])
-    type: str = Field(examples=["greater_than_equal"])
-
-
-class Problem(BaseModel):
-    """An RFC 9457 problem document: what went wrong, for a program and for a person."""
-
-    type: str = Field(
-        description="A URI per kind of problem; GET it for the kind's description.",
-        examples=["/problems/job-not-found"],
-    )
-    title: str = Field(examples=["No such job"])
-    status: int = Field(examples=[404])
-    detail: str = Field(examples=["job 019ac5f0a3b2c4d5e6f7a8 not found"])
-    instance: str | None = Field(None, description="The request path.", examples=["/jobs/x"])
-    errors: list[FieldError] | None = Field(None, description="Field-level validation problems.")
 
 
 class ApiError(Exception):

@@ -8,6 +8,7 @@ from their pydantic models here: nothing is written by hand.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from typing import Any
 
@@ -16,7 +17,8 @@ from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
 from src.api import errors
-from src.api.errors import PROBLEM_MEDIA_TYPE, Kind, Problem
+from src.api.errors import PROBLEM_MEDIA_TYPE, Kind
+from src.api.models import Problem
 from src.api.schemas import EXAMPLE_ID, JOB_EXAMPLE, SourceRequest, UploadRequest
 
 EXTRA_MODELS: list[type[BaseModel]] = [Problem, UploadRequest, SourceRequest]
@@ -45,7 +47,6 @@ EXAMPLE_DETAIL: dict[str, str] = {
 # What any job route may answer besides its own errors.
 COMMON = (
     errors.UNAUTHORIZED,
-    errors.VALIDATION,
     errors.RATE_LIMITED,
     errors.INTERNAL,
     errors.UNAVAILABLE,
@@ -104,6 +105,21 @@ def job_response(description: str, status: int = 200) -> dict[int | str, dict[st
     }
 
 
+def _drop_fastapi_422(schema: dict[str, Any]) -> None:
+    """FastAPI documents a 422 (its own body shape) for any route with parameters; where a
+    route declares none of its own, no parameter of it can fail validation: drop it."""
+    fastapi_ref = REF.format(model="HTTPValidationError")
+    for operations in schema.get("paths", {}).values():
+        for operation in operations.values():
+            entry = operation.get("responses", {}).get("422", {})
+            content = entry.get("content", {}).get("application/json", {})
+            if content.get("schema", {}).get("$ref") == fastapi_ref:
+                del operation["responses"]["422"]
+    if fastapi_ref not in json.dumps(schema.get("paths", {})):
+        for name in ("HTTPValidationError", "ValidationError"):
+            schema["components"]["schemas"].pop(name, None)
+
+
 def install(app: FastAPI) -> None:
     """Generate the document once, with the extra models in its components."""
     generate: Callable[[], dict[str, Any]] = app.openapi
@@ -117,6 +133,7 @@ def install(app: FastAPI) -> None:
             components = schema.setdefault("components", {}).setdefault("schemas", {})
             for name, definition in defs.get("$defs", {}).items():
                 components.setdefault(name, definition)
+            _drop_fastapi_422(schema)
         return app.openapi_schema or {}
 
     app.openapi = openapi  # type: ignore[method-assign]

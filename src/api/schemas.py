@@ -17,7 +17,6 @@ from starlette.datastructures import UploadFile
 
 from src.data.formats import DEFAULT_OUTPUT, OutputFormat
 from src.data.options import CleaningOptions
-from src.jobs.model import Job
 
 EXAMPLE_ID = "019ac5f0a3b2c4d5e6f7a8"
 JOB_EXAMPLE: dict[str, Any] = {
@@ -97,18 +96,3 @@ class SourceRequest(BaseModel):
     options: CleaningOptions = Field(default_factory=CleaningOptions)
     output_format: OutputFormat = DEFAULT_OUTPUT
     callback_url: HttpUrl | None = Field(None, description=CALLBACK_DESCRIPTION)
-
-
-class JobList(BaseModel):
-    """One page of jobs, newest first."""
-
-    items: list[Job]
-    next_cursor: str | None = Field(None, description="Pass as `cursor` for the next page.")
-
-
-class ProblemKind(BaseModel):
-    """What a `type` URI of a problem document stands for."""
-
-    type: str = Field(examples=["/problems/job-not-found"])
-    title: str = Field(examples=["No such job"])
-    status: int = Field(examples=[404])

@@ -21,8 +21,8 @@ from urllib.parse import quote
 
 import httpx
 from httpx_sse import connect_sse
-from pydantic import BaseModel
 
+from src.api.models import JobList
 from src.client.errors import ApiError, JobFailed
 from src.data.formats import DEFAULT_OUTPUT, INPUT_SUFFIXES, OutputFormat
 from src.data.formats import output_format as format_for
@@ -48,11 +48,7 @@ UPLOAD_MEDIA = {
 }
 
 
-class JobPage(BaseModel):
-    """One page of `GET /jobs`, newest first."""
-
-    items: list[Job]
-    next_cursor: str | None = None
+JobPage = JobList  # one page of `GET /jobs`, newest first
 
 
 class CleaningClient:

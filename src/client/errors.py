@@ -5,26 +5,14 @@ from __future__ import annotations
 from typing import Any
 
 import httpx
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import ValidationError
 
+from src.api.models import Problem
 from src.jobs.model import Job, JobStatus
 
 PROBLEM_MEDIA_TYPE = "application/problem+json"
 # A body that is not a problem document (a proxy's error page) is quoted up to this many chars.
 MAX_QUOTED = 200
-
-
-class Problem(BaseModel):
-    """An RFC 9457 problem document, as the API sends it (`src.api.errors.Problem`)."""
-
-    model_config = ConfigDict(extra="allow")  # RFC 9457 extension members are kept
-
-    type: str = "about:blank"
-    title: str = ""
-    status: int = 0
-    detail: str = ""
-    instance: str | None = None
-    errors: list[dict[str, Any]] | None = None
 
 
 class ClientError(Exception):
@@ -62,7 +50,7 @@ class ApiError(ClientError):
     @property
     def errors(self) -> list[dict[str, Any]]:
         """Field-level validation problems (`loc`, `msg`, `type`), for a 422."""
-        return self.problem.errors or []
+        return [e.model_dump() for e in self.problem.errors or []]
 
     @property
     def retry_after(self) -> float | None:

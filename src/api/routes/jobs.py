@@ -17,8 +17,9 @@ from starlette.concurrency import iterate_in_threadpool
 from src.api import errors, openapi
 from src.api.deps import ApiKeyDep, FilesDep, JobStoreDep, WatcherDep
 from src.api.errors import ApiError
+from src.api.models import JobList
 from src.api.routes.submit import job_response
-from src.api.schemas import EXAMPLE_ID, JobList
+from src.api.schemas import EXAMPLE_ID
 from src.core import instruments
 from src.data.formats import MEDIA_TYPES
 from src.jobs import layout

@@ -6,7 +6,7 @@ from fastapi import APIRouter
 
 from src.api import errors, openapi
 from src.api.errors import ApiError
-from src.api.schemas import ProblemKind
+from src.api.models import ProblemKind
 
 router = APIRouter(prefix="/problems", tags=["problems"])
 
@@ -20,7 +20,7 @@ async def list_problem_kinds() -> list[ProblemKind]:
     "/{slug}",
     operation_id="getProblemKind",
     summary="One kind of problem, by the last part of its `type` URI",
-    responses=openapi.problems(errors.NOT_FOUND, errors.VALIDATION, common=False),
+    responses=openapi.problems(errors.NOT_FOUND, common=False),
 )
 async def get_problem_kind(slug: str) -> ProblemKind:
     kind = errors.KINDS.get(slug)
