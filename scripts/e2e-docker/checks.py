@@ -122,6 +122,13 @@ def job(base_url: str, api_key: str, sample: str, expected_csv: str) -> None:
 
         metrics = client.get("/metrics")
         expect(metrics.status_code == 200 and b"http_request" in metrics.content, "api: /metrics")
+        docs = client.get("/docs")
+        asset = client.get("/docs-assets/swagger-ui/swagger-ui-bundle.js")
+        served = docs.status_code == asset.status_code == 200
+        expect(
+            served and b"/docs-assets/" in docs.content,
+            "api: /docs served with Swagger UI's assets from the image",
+        )
 
 
 def main(argv: list[str]) -> int:

@@ -41,10 +41,19 @@ JOB_EXAMPLE: dict[str, Any] = {
 CALLBACK_DESCRIPTION = "The final job JSON is POSTed here (http or https) when the job ends."
 
 
+def _form_schema(schema: dict[str, Any]) -> None:
+    """No `default: null` on optional form fields: Swagger UI would send the text "null"."""
+    for field in schema.get("properties", {}).values():
+        if field.get("default", ...) is None:
+            del field["default"]
+
+
 class UploadRequest(BaseModel):
     """Clean an uploaded file (`multipart/form-data`)."""
 
-    model_config = ConfigDict(arbitrary_types_allowed=True, extra="ignore")
+    model_config = ConfigDict(
+        arbitrary_types_allowed=True, extra="ignore", json_schema_extra=_form_schema
+    )
 
     file: Annotated[
         Any,
@@ -56,13 +65,23 @@ class UploadRequest(BaseModel):
             }
         ),
     ]
-    options: Json[CleaningOptions] | None = Field(
-        None,
-        description="CleaningOptions as JSON text; the defaults when absent.",
-        examples=['{"lowercase": true, "drop_duplicates": true}'],
-    )
+    options: Annotated[
+        Json[CleaningOptions] | None,
+        # A plain string here: Swagger UI shows a string with a media type as a file picker.
+        WithJsonSchema(
+            {
+                "type": "string",
+                "description": "CleaningOptions (see that schema) as JSON text; "
+                "the defaults when absent.",
+                "examples": ['{"lowercase": true, "drop_duplicates": true}'],
+            }
+        ),
+    ] = None
     output_format: OutputFormat = DEFAULT_OUTPUT
-    callback_url: HttpUrl | None = Field(None, description=CALLBACK_DESCRIPTION)
+    callback_url: Annotated[
+        HttpUrl | None,
+        WithJsonSchema({"type": "string", "format": "uri", "description": CALLBACK_DESCRIPTION}),
+    ] = None
 
     @field_validator("file")
     @classmethod
