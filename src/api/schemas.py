@@ -80,7 +80,15 @@ class UploadRequest(BaseModel):
     output_format: OutputFormat = DEFAULT_OUTPUT
     callback_url: Annotated[
         HttpUrl | None,
-        WithJsonSchema({"type": "string", "format": "uri", "description": CALLBACK_DESCRIPTION}),
+        # An empty example: Swagger UI would otherwise fill in https://example.com/.
+        WithJsonSchema(
+            {
+                "type": "string",
+                "format": "uri",
+                "description": CALLBACK_DESCRIPTION,
+                "examples": [""],
+            }
+        ),
     ] = None
 
     @field_validator("file")
