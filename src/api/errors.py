@@ -9,7 +9,7 @@ Domain errors (`src.jobs.submit.SubmitError` kinds) are mapped to kinds here and
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,6 +18,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pymongo.errors import PyMongoError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import BaseRoute, Route
 
 from src.api.models import FieldError, Problem
 from src.jobs import submit
@@ -156,6 +157,25 @@ def field_errors(errors: Sequence[Any]) -> list[dict[str, Any]]:
     ]
 
 
+def _routes(routes: Iterable[BaseRoute]) -> Iterator[BaseRoute]:
+    for route in routes:
+        inner = getattr(route, "original_router", None)  # an included router
+        yield from _routes(inner.routes) if inner is not None else (route,)
+
+
+def _allowed_methods(request: Request) -> list[str]:
+    """The methods of the path the request matched: all its routes' (Starlette names only
+    the first route's; GET and DELETE /jobs/{job_id} are two routes)."""
+    path = request.url.path
+    found = [
+        r
+        for r in _routes(request.app.router.routes)
+        if isinstance(r, Route) and r.path_regex.match(path)
+    ]
+    matched = [r for r in found if r.path == found[0].path]
+    return sorted({m for r in matched for m in r.methods or ()})
+
+
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(ApiError)
     async def _api_error(request: Request, exc: ApiError) -> JSONResponse:
@@ -175,7 +195,10 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         kind = BY_STATUS.get(exc.status_code) or Kind("http-error", exc.status_code, "HTTP error")
-        return problem(request, kind, str(exc.detail), dict(exc.headers or {}) or None)
+        headers = dict(exc.headers or {})
+        if exc.status_code == 405:  # every method of the path, not only the first route's
+            headers["Allow"] = ", ".join(_allowed_methods(request))
+        return problem(request, kind, str(exc.detail), headers or None)
 
     @app.exception_handler(PyMongoError)
     async def _store_down(request: Request, exc: PyMongoError) -> JSONResponse:
@@ -187,3 +210,32 @@ def install_error_handlers(app: FastAPI) -> None:
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
         log.exception("unexpected error")
         return problem(request, INTERNAL, f"internal error ({type(exc).__name__})")
+
+
+class BodyGuard:
+    """Before any middleware: a Content-Length that is not a plain decimal number is a 400,
+    and a body (chunked or not) past `limit` bytes a 413 once that many are read."""
+
+    def __init__(self, app: Any, limit: int) -> None:
+        self.app, self.limit = app, limit
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        for name, value in scope["headers"]:
+            if name == b"content-length" and not (value.isdigit() and len(value) <= 18):
+                detail = "Content-Length must be a non-negative integer"
+                await problem(Request(scope), INVALID_REQUEST, detail)(scope, receive, send)
+                return
+        received = 0
+
+        async def counted() -> Any:
+            nonlocal received
+            message = await receive()
+            received += len(message.get("body", b""))
+            if received > self.limit:
+                raise ApiError(UPLOAD_TOO_LARGE, "the request body exceeds MAX_UPLOAD_MB")
+            return message
+
+        await self.app(scope, counted, send)

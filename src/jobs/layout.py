@@ -49,6 +49,8 @@ def check_relpath(source: str) -> PurePosixPath:
     pure = PurePosixPath(source)
     if not source or pure.is_absolute() or "\\" in source:
         raise SourceError("source must be a relative path under DATA_DIR")
+    if "\x00" in source:
+        raise SourceError("source must not contain a NUL character")
     if ".." in pure.parts:
         raise SourceError("source must not contain '..'")
     return pure
@@ -63,6 +65,9 @@ def resolve_source(files: Storage, source: str) -> str:
         raise SourceError(f"source {exc}") from None
     except FileNotFoundError:
         raise FileNotFoundError(f"source not found {files.where}: {source}") from None
+    except OSError as exc:  # a name too long, a loop of links
+        reason = exc.strerror or type(exc).__name__
+        raise SourceError(f"source cannot be read: {reason}") from None
 
 
 def remove_job(files: Storage, job_id: str) -> None:

@@ -369,16 +369,19 @@ async def problem_of(
     *,
     detail: str | None = None,
     instance: str | None = None,
+    extensions: bool = False,
 ) -> dict[str, Any]:
     """The RFC 9457 document of `r`, checked: its media type, members and `status`.
 
     Its `type` must resolve through `GET /problems/{slug}` to the same title and
-    status, so every problem a test meets is one the API documents.
+    status, so every problem a test meets is one the API documents. `extensions`:
+    members beyond RFC 9457's (and `errors`) are allowed.
     """
     assert r.status_code == status, r.text
     assert r.headers["content-type"] == PROBLEM, r.headers
     body = r.json()
-    assert set(body) <= {"type", "title", "status", "detail", "instance", "errors"}, body
+    if not extensions:  # RFC 9457 extension members only where a test expects them
+        assert set(body) <= {"type", "title", "status", "detail", "instance", "errors"}, body
     assert {"type", "title", "status", "detail"} <= set(body), body
     assert body["status"] == status, body
     assert isinstance(body["detail"], str) and body["detail"], body

@@ -45,7 +45,7 @@ OPERATION_IDS = {
     "listProblemKinds",
     "getProblemKind",
 }
-JOB_ROUTE_ERRORS = {"401", "422", "429", "500", "503"}
+JOB_ROUTE_ERRORS = {"401", "429", "500", "503"}
 PROBLEM_REF = {"$ref": "#/components/schemas/Problem"}
 
 
@@ -118,8 +118,13 @@ def test_operations_have_ids_and_tags(doc: dict[str, Any]) -> None:
     ("method", "path"), [(m, p) for m, p, op in operations() if "jobs" in op["tags"]]
 )
 def test_job_routes_document_common_errors(method: str, path: str) -> None:
+    """401, 429, 500, 503; and 422 where a query, a header or a body can fail validation."""
     op = openapi_document()["paths"][path][method.lower()]
-    assert set(op["responses"]) >= JOB_ROUTE_ERRORS, (method, path, sorted(op["responses"]))
+    validated = op.get("requestBody") or any(
+        p["in"] in ("query", "header") for p in op.get("parameters", [])
+    )
+    expected = JOB_ROUTE_ERRORS | ({"422"} if validated else set())
+    assert set(op["responses"]) >= expected, (method, path, sorted(op["responses"]))
     for status in ("429", "503"):
         assert "Retry-After" in op["responses"][status].get("headers", {}), (method, path, status)
 
@@ -164,7 +169,7 @@ def test_no_fastapi_validation_error_schema(doc: dict[str, Any]) -> None:
 
 def test_problem_schema(doc: dict[str, Any]) -> None:
     problem = deref(doc, PROBLEM_REF)
-    assert set(problem["required"]) == {"type", "title", "status", "detail"}
+    assert set(problem["required"]) >= {"title", "status", "detail"}
     assert set(problem["properties"]) == {"type", "title", "status", "detail", "instance", "errors"}
 
 
@@ -220,13 +225,6 @@ JOB_CALLS: dict[str, tuple[str, str, dict[str, Any]]] = {
     "cancelJob": ("POST", f"/jobs/{UNKNOWN_ID}/cancel", {}),
     "streamJobEvents": ("GET", f"/jobs/{UNKNOWN_ID}/events", {}),
 }
-BAD_JOB_ID = "not-a-job-id"
-JOB_ID_ROUTES = {
-    "deleteJob": ("DELETE", "/jobs/{}"),
-    "getJobResult": ("GET", "/jobs/{}/result"),
-    "cancelJob": ("POST", "/jobs/{}/cancel"),
-    "streamJobEvents": ("GET", "/jobs/{}/events"),
-}
 
 
 def recipe(operation: str, status: int) -> Callable[[Recipe], Recipe]:
@@ -269,19 +267,10 @@ for _operation, (_method, _path, _kwargs) in JOB_CALLS.items():
             return await make_api().client.request(method, path)
 
 
-for _operation, (_method, _template) in JOB_ID_ROUTES.items():
-
-    @recipe(_operation, 422)
-    async def _malformed_job_id(
-        make_api: Callable[..., Api], method: str = _method, template: str = _template
-    ) -> httpx.Response:
-        return await make_api().client.request(method, template.format(BAD_JOB_ID))
-
-
 @recipe("submitCleaningJob", 400)
-async def _two_files(make_api: Callable[..., Api]) -> httpx.Response:
-    files = [("file", ("p.csv", CSV)), ("file", ("q.csv", CSV))]
-    return await make_api().client.post("/jobs/clean", files=files)
+async def _no_boundary(make_api: Callable[..., Api]) -> httpx.Response:
+    headers = {"content-type": "multipart/form-data"}
+    return await make_api().client.post("/jobs/clean", content=b"--x\r\n", headers=headers)
 
 
 @recipe("submitCleaningJob", 404)
@@ -363,11 +352,6 @@ async def _unknown_kind(make_api: Callable[..., Api]) -> httpx.Response:
     return await make_api().client.get("/problems/no-such-kind")
 
 
-@recipe("getProblemKind", 422)
-async def _malformed_kind(make_api: Callable[..., Api]) -> httpx.Response:
-    return await make_api().client.get("/problems/" + "Not a slug!" * 100)
-
-
 @recipe("getReadiness", 503)
 async def _not_ready(make_api: Callable[..., Api]) -> httpx.Response:
     async def redis_ok(url: str, timeout: float) -> str:
@@ -400,8 +384,6 @@ async def test_the_app_answers_each_documented_error(
 ) -> None:
     r = await RECIPES[operation, status](make_api)
     api = make_api()  # a plain app, to resolve the problem's type
-    body = await problem_of(api, r, status)
-    if status == 422 and operation in JOB_ID_ROUTES:
-        assert ["path", "job_id"] in locs(body), body
-    if status == 422 and operation == "getProblemKind":
-        assert ["path", "slug"] in locs(body), body
+    body = await problem_of(api, r, status, extensions=operation == "getReadiness")
+    if status == 422:  # what did not validate is named
+        assert locs(body), body

@@ -5,9 +5,10 @@ from __future__ import annotations
 import asyncio
 
 import redis.asyncio as aioredis
-from fastapi import APIRouter
+from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
+from src.api import errors, openapi
 from src.api.deps import JobStoreDep, SettingsDep
 from src.jobs.store import AsyncJobStore
 
@@ -49,20 +50,10 @@ async def _check_redis(url: str, timeout: float) -> str:
                 "application/json": {"example": {"status": "ready", "mongodb": "ok", "redis": "ok"}}
             }
         },
-        503: {
-            "content": {
-                "application/json": {
-                    "example": {
-                        "status": "not ready",
-                        "mongodb": "ok",
-                        "redis": "unavailable: Connection refused",
-                    }
-                }
-            }
-        },
+        **openapi.problems(errors.UNAVAILABLE, common=False),
     },
 )
-async def ready(store: JobStoreDep, settings: SettingsDep) -> JSONResponse:
+async def ready(request: Request, store: JobStoreDep, settings: SettingsDep) -> JSONResponse:
     checks = {
         "mongodb": _check_store(store),
         "redis": _check_redis(settings.redis_url, settings.broker_timeout_seconds),
@@ -71,6 +62,8 @@ async def ready(store: JobStoreDep, settings: SettingsDep) -> JSONResponse:
     body: dict[str, str] = {}
     for name, result in zip(checks, results, strict=True):
         body[name] = result if isinstance(result, str) else f"unavailable: {type(result).__name__}"
-    ok = all(v == "ok" for v in body.values())
-    body = {"status": "ready" if ok else "not ready", **body}
-    return JSONResponse(body, status_code=200 if ok else 503)
+    if all(v == "ok" for v in body.values()):
+        return JSONResponse({"status": "ready", **body})
+    down = "; ".join(f"{name} {state}" for name, state in body.items() if state != "ok")
+    response = errors.problem(request, errors.UNAVAILABLE, f"not ready: {down}", errors.RETRY_LATER)
+    return response

@@ -7,6 +7,7 @@ come from `UploadRequest` and `SourceRequest` (`src.api.openapi`).
 from __future__ import annotations
 
 import asyncio
+from collections import Counter
 from pathlib import PurePath
 from typing import Annotated, Any
 
@@ -14,6 +15,7 @@ from fastapi import APIRouter, Header, Request
 from fastapi.responses import JSONResponse
 from pydantic import ValidationError
 from starlette.datastructures import UploadFile
+from starlette.exceptions import HTTPException
 
 from src.api import errors, openapi
 from src.api.deps import ApiKeyDep, FilesDep, JobStoreDep, SettingsDep
@@ -30,6 +32,9 @@ router = APIRouter(prefix="/jobs", tags=["jobs"])
 MULTIPART, JSON = "multipart/form-data", "application/json"
 # The parts of an upload besides the file: options, output_format, callback_url.
 MAX_FIELDS = 10
+ONE_FILE = "(only `file` is a file part: options, output_format and callback_url are text)"
+# A JSON body is a few kilobytes (a path, options, a URL).
+MAX_JSON_BYTES = 1 << 16
 
 
 def job_response(job: Job, status: int) -> JSONResponse:
@@ -60,7 +65,19 @@ async def _upload(
     if _content_length(request) > settings.max_upload_bytes + (1 << 20):
         kind, limit = errors.UPLOAD_TOO_LARGE, settings.max_upload_mb
         raise ApiError(kind, f"upload exceeds MAX_UPLOAD_MB ({limit} MB)")
-    form = await request.form(max_files=1, max_fields=MAX_FIELDS)
+    try:
+        form = await request.form(max_files=1, max_fields=MAX_FIELDS)
+    except HTTPException as exc:
+        if "Too many files" not in str(exc.detail):
+            raise
+        raise ApiError(errors.INVALID_REQUEST, f"{exc.detail} {ONE_FILE}") from None
+    counts = Counter(key for key, _ in form.multi_items())
+    if repeated := [key for key, n in counts.items() if n > 1]:
+        found = [
+            {"loc": ["body", k], "msg": "sent more than once", "type": "repeated"} for k in repeated
+        ]
+        detail = f"invalid request: {repeated[0]}: sent more than once"
+        raise ApiError(errors.VALIDATION, detail, errors=found)
     fields: dict[str, Any] = {k: v for k, v in form.items() if v != ""}
     try:
         body = UploadRequest.model_validate(fields)
@@ -84,9 +101,19 @@ async def _upload(
     )
 
 
+async def _small_body(request: Request) -> bytes:
+    data = bytearray()
+    async for chunk in request.stream():
+        data += chunk
+        if len(data) > MAX_JSON_BYTES:
+            detail = f"a JSON body is at most {MAX_JSON_BYTES} bytes"
+            raise ApiError(errors.UPLOAD_TOO_LARGE, detail)
+    return bytes(data)
+
+
 async def _source(request: Request, files: FilesDep, job_id: str) -> submission.Submission:
     try:
-        body = SourceRequest.model_validate_json(await request.body())
+        body = SourceRequest.model_validate_json(await _small_body(request))
     except ValidationError as exc:
         raise _invalid(exc, "invalid request") from None
     relpath = await asyncio.to_thread(submission.find_source, files, body.source)
