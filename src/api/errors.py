@@ -146,6 +146,11 @@ def problem(
     )
 
 
+def shown(value: str, limit: int = 80) -> str:
+    """A client's value quoted in a detail, cut short: a detail never echoes kilobytes."""
+    return value if len(value) <= limit else f"{value[:limit]}…"
+
+
 def field_errors(errors: Sequence[Any]) -> list[dict[str, Any]]:
     """pydantic's errors as `FieldError`s (loc, msg, type); inputs are never echoed."""
     return [

@@ -16,7 +16,7 @@ from starlette.concurrency import iterate_in_threadpool
 
 from src.api import errors, openapi
 from src.api.deps import ApiKeyDep, FilesDep, JobStoreDep, WatcherDep
-from src.api.errors import ApiError
+from src.api.errors import ApiError, shown
 from src.api.models import JobList
 from src.api.routes.submit import job_response
 from src.api.schemas import EXAMPLE_ID
@@ -36,7 +36,7 @@ JobId = Annotated[str, openapi.path_param(EXAMPLE_ID)]
 async def _get(store: AsyncJobStore, job_id: str) -> JobDoc:
     doc = await store.get(job_id)
     if doc is None:
-        raise ApiError(errors.JOB_NOT_FOUND, f"job {job_id} not found")
+        raise ApiError(errors.JOB_NOT_FOUND, f"job {shown(job_id)} not found")
     return doc
 
 

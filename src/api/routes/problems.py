@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter
 
 from src.api import errors, openapi
-from src.api.errors import ApiError
+from src.api.errors import ApiError, shown
 from src.api.models import ProblemKind
 
 router = APIRouter(prefix="/problems", tags=["problems"])
@@ -25,5 +25,5 @@ async def list_problem_kinds() -> list[ProblemKind]:
 async def get_problem_kind(slug: str) -> ProblemKind:
     kind = errors.KINDS.get(slug)
     if kind is None:
-        raise ApiError(errors.NOT_FOUND, f"no problem kind {slug!r}")
+        raise ApiError(errors.NOT_FOUND, f"no problem kind {shown(slug)!r}")
     return ProblemKind(type=kind.type, title=kind.title, status=kind.status)

@@ -19,7 +19,7 @@ from starlette.exceptions import HTTPException
 
 from src.api import errors, openapi
 from src.api.deps import ApiKeyDep, FilesDep, JobStoreDep, SettingsDep
-from src.api.errors import ApiError, field_errors
+from src.api.errors import ApiError, field_errors, shown
 from src.api.schemas import SourceRequest, UploadRequest
 from src.core import broker, instruments
 from src.data.options import CleaningOptions
@@ -182,10 +182,9 @@ async def submit_job(
     elif content_type.startswith(JSON):
         sub = await _source(request, files, job_id)
     else:
-        raise ApiError(
-            errors.UNSUPPORTED_MEDIA,
-            f"send {MULTIPART} (a file) or {JSON} (a source), not {content_type or 'nothing'}",
-        )
+        given = shown(content_type) or "nothing"
+        detail = f"send {MULTIPART} (a file) or {JSON} (a source), not {given}"
+        raise ApiError(errors.UNSUPPORTED_MEDIA, detail)
     job, created = await submission.submit(
         store, settings, files, broker.send_clean, sub, idempotency_key
     )
