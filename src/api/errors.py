@@ -129,7 +129,9 @@ def problem(
     detail: str,
     headers: dict[str, str] | None = None,
     errors: Sequence[dict[str, Any]] | None = None,
+    extensions: dict[str, Any] | None = None,
 ) -> JSONResponse:
+    """The response; `extensions` are RFC 9457 extension members (e.g. /ready's checks)."""
     body = Problem(
         type=kind.type,
         title=kind.title,
@@ -137,6 +139,7 @@ def problem(
         detail=detail,
         instance=request.url.path,
         errors=[FieldError.model_validate(e) for e in errors] if errors else None,
+        **(extensions or {}),
     )
     return JSONResponse(
         body.model_dump(mode="json", exclude_none=True),

@@ -65,5 +65,6 @@ async def ready(request: Request, store: JobStoreDep, settings: SettingsDep) -> 
     if all(v == "ok" for v in body.values()):
         return JSONResponse({"status": "ready", **body})
     down = "; ".join(f"{name} {state}" for name, state in body.items() if state != "ok")
-    response = errors.problem(request, errors.UNAVAILABLE, f"not ready: {down}", errors.RETRY_LATER)
-    return response
+    detail = f"not ready: {down}"
+    # Each check's state stays readable by name, as extension members.
+    return errors.problem(request, errors.UNAVAILABLE, detail, errors.RETRY_LATER, extensions=body)
