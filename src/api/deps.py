@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hmac
+from dataclasses import dataclass
 from typing import Annotated
 
 from fastapi import Depends, Request, Security
@@ -13,6 +14,7 @@ from src.api.errors import ApiError
 from src.api.watch import JobWatcher
 from src.core.config import Settings
 from src.core.storage import Storage
+from src.jobs.records import JobDoc
 from src.jobs.store import AsyncJobStore
 
 
@@ -47,32 +49,58 @@ JobStoreDep = Annotated[AsyncJobStore, Depends(get_store)]
 _api_key_header = APIKeyHeader(name="X-API-Key", auto_error=False)
 
 
-async def require_api_key(
+@dataclass(frozen=True)
+class Caller:
+    """Who is asking: a key of API_KEYS (a tenant), an admin key, or anyone without keys."""
+
+    name: str | None  # the key's name, shown as a job's owner; None without API_KEYS
+    digest: str | None  # sha256 of the key: a job's owner is matched on it
+    admin: bool  # sees and cancels every job (ADMIN_API_KEYS, or no keys at all)
+    who: str  # whose budget a request spends: the key's digest, or the client address
+
+    def sees(self, doc: JobDoc) -> bool:
+        return self.admin or doc.get("owner_hash") == self.digest
+
+
+async def authenticate(
     request: Request,
     settings: SettingsDep,
     key: Annotated[str | None, Security(_api_key_header)] = None,
-) -> str | None:
-    """When API_KEYS is set, X-API-Key must be one of them (compared in constant time).
-
-    Then the caller's rate limit (RATE_LIMIT_PER_MINUTE, kept in Redis) applies.
-    """
-    keys = settings.api_key_list
+) -> Caller:
+    """When API_KEYS is set, X-API-Key must be one of them (compared in constant time)."""
+    keys = settings.keys
     if not keys:
-        await ratelimit.enforce(request, settings, None)
-        return None
+        address = request.client.host if request.client else "unknown"
+        return Caller(None, None, admin=True, who=address)
     given = (key or "").encode()
+    found = None
     # Compare against every key, so the time taken does not tell which one matched.
-    ok = False
     for candidate in keys:
-        ok |= hmac.compare_digest(given, candidate.encode())
-    if not ok:
+        if hmac.compare_digest(given, candidate.key.encode()):
+            found = candidate
+    if found is None:
         raise ApiError(
             errors.UNAUTHORIZED,
             "missing or invalid API key (header X-API-Key)",
             headers={"WWW-Authenticate": "APIKey"},
         )
-    await ratelimit.enforce(request, settings, key)
-    return key
+    return Caller(found.name, found.digest, found.admin, who=found.digest)
 
 
-ApiKeyDep = Annotated[str | None, Depends(require_api_key)]
+CallerDep = Annotated[Caller, Depends(authenticate)]
+
+
+async def reader(request: Request, settings: SettingsDep, caller: CallerDep) -> Caller:
+    """A caller within its read budget (READ_RATE_LIMIT_PER_MINUTE)."""
+    await ratelimit.enforce(request, settings, caller.who, ratelimit.READS)
+    return caller
+
+
+async def submitter(request: Request, settings: SettingsDep, caller: CallerDep) -> Caller:
+    """A caller within its submission budget (RATE_LIMIT_PER_MINUTE)."""
+    await ratelimit.enforce(request, settings, caller.who, ratelimit.SUBMISSIONS)
+    return caller
+
+
+ReaderDep = Annotated[Caller, Depends(reader)]
+SubmitterDep = Annotated[Caller, Depends(submitter)]

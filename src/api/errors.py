@@ -92,6 +92,7 @@ KIND_OF: dict[type[submit.SubmitError], Kind] = {
     submit.UploadTooLarge: UPLOAD_TOO_LARGE,
     submit.UnsupportedFile: UNSUPPORTED_MEDIA,
     submit.InvalidOptions: VALIDATION,
+    submit.InvalidCallback: VALIDATION,
     submit.Unavailable: UNAVAILABLE,
 }
 BY_STATUS: dict[int, Kind] = {

@@ -94,6 +94,8 @@ def instrument(app: FastAPI, settings: Settings) -> StateSources:
         app, include_in_schema=False
     )
     instruments.JOBS_CANCELLED_QUEUED.labels(status=JobStatus.CANCELLED)  # 0, not absent
+    for owner in {key.name for key in settings.keys} or {""}:
+        instruments.JOBS_SUBMITTED.labels(owner=owner)
     global _state
     if _state is None:  # one collector per process, even if several apps are created
         _state = StateSources(settings)

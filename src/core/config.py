@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 
@@ -18,10 +20,29 @@ class Settings(BaseSettings):
     mongo_db: str = Field("cleaning", description="MONGO_DB")
     redis_url: str = Field("redis://127.0.0.1:6379/0", description="REDIS_URL")
     data_dir: Path = Field(Path("data"), description="DATA_DIR: inputs, results, raw sources")
-    api_keys: str = Field("", description="API_KEYS: comma-separated; empty means no auth")
+    api_keys: str = Field(
+        "",
+        description="API_KEYS: name:key pairs, comma-separated (a bare key gets a generated "
+        "name); a job belongs to the key that created it; empty means no auth",
+    )
+    admin_api_keys: str = Field(
+        "", description="ADMIN_API_KEYS: name:key pairs whose holders see and cancel every job"
+    )
     max_upload_mb: int = Field(512, ge=1, description="MAX_UPLOAD_MB")
     rate_limit_per_minute: int = Field(
-        0, ge=0, description="RATE_LIMIT_PER_MINUTE per API key (or client address); 0: off"
+        0,
+        ge=0,
+        description="RATE_LIMIT_PER_MINUTE: submissions per API key (or client address) and "
+        "minute; 0: off",
+    )
+    read_rate_limit_per_minute: int = Field(
+        0,
+        ge=0,
+        description="READ_RATE_LIMIT_PER_MINUTE: other requests per key and minute (an event "
+        "stream counts once); 0: ten times RATE_LIMIT_PER_MINUTE",
+    )
+    max_streams_per_key: int = Field(
+        10, ge=0, description="MAX_STREAMS_PER_KEY: open event streams per key and API process"
     )
     docs_enabled: bool = Field(True, description="DOCS_ENABLED: serve /docs and /openapi.json")
 
@@ -30,6 +51,12 @@ class Settings(BaseSettings):
     )
     max_attempts: int = Field(
         3, ge=1, description="MAX_ATTEMPTS: a job whose worker died this often ends failed"
+    )
+    job_time_limit_seconds: float = Field(
+        3600.0,
+        gt=0,
+        description="JOB_TIME_LIMIT_SECONDS: a run of a job (or of one part, or the merge, "
+        "of a split job) that lasts longer ends failed",
     )
     heartbeat_seconds: float = Field(2.0, gt=0, description="HEARTBEAT_SECONDS")
     stale_after_seconds: float = Field(
@@ -44,6 +71,17 @@ class Settings(BaseSettings):
     )
     store_timeout_ms: int = Field(3000, ge=100, description="MongoDB server selection timeout")
     callback_retries: int = Field(4, ge=0, description="CALLBACK_RETRIES")
+    callback_secret: str = Field(
+        "",
+        pattern=r"^(whsec_[A-Za-z0-9+/]{32,}={0,2})?$",
+        description="CALLBACK_SECRET: whsec_<base64 of 24+ random bytes> signs callbacks "
+        "(Standard Webhooks); empty: unsigned",
+    )
+    callback_allow_private: bool = Field(
+        False,
+        description="CALLBACK_ALLOW_PRIVATE: allow callbacks to loopback, private, link-local "
+        "and other non-public addresses",
+    )
     worker_metrics_port: int = Field(
         9808, ge=0, le=65535, description="WORKER_METRICS_PORT: worker /metrics; 0 turns it off"
     )
@@ -67,8 +105,13 @@ class Settings(BaseSettings):
     part_mb: float = Field(16.0, gt=0, description="PART_MB: the size of one part of a split job")
 
     @property
-    def api_key_list(self) -> list[str]:
-        return [k.strip() for k in self.api_keys.split(",") if k.strip()]
+    def keys(self) -> list[ApiKey]:
+        """Every accepted key, admins included; empty: no auth."""
+        return [*_parse_keys(self.api_keys, admin=False), *_parse_keys(self.admin_api_keys, True)]
+
+    @property
+    def read_rate_limit(self) -> int:
+        return self.read_rate_limit_per_minute or 10 * self.rate_limit_per_minute
 
     @property
     def split_above_bytes(self) -> int:
@@ -81,6 +124,31 @@ class Settings(BaseSettings):
     @property
     def max_upload_bytes(self) -> int:
         return self.max_upload_mb << 20
+
+
+@dataclass(frozen=True)
+class ApiKey:
+    """One key of API_KEYS or ADMIN_API_KEYS. Jobs record `name` and `digest`, never `key`."""
+
+    name: str
+    key: str = field(repr=False)
+    admin: bool = False
+
+    @property
+    def digest(self) -> str:
+        return hashlib.sha256(self.key.encode()).hexdigest()
+
+
+def _parse_keys(raw: str, admin: bool) -> list[ApiKey]:
+    found = []
+    for entry in (e.strip() for e in raw.split(",")):
+        if not entry:
+            continue
+        name, sep, key = entry.partition(":")
+        if not sep:  # a bare key: a stable name that does not reveal it
+            name, key = f"key-{hashlib.sha256(entry.encode()).hexdigest()[:8]}", entry
+        found.append(ApiKey(name.strip(), key.strip(), admin))
+    return found
 
 
 @lru_cache(maxsize=1)

@@ -37,7 +37,9 @@ API_LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 
 # ---------------------------------------------------------------- API (default registry)
 JOBS_SUBMITTED = Counter(
     "cleaning_jobs_submitted_total",
-    "Jobs created and queued by the API (idempotent replays not counted).",
+    "Jobs created and queued by the API (idempotent replays not counted), by the name of "
+    "the API key that submitted them (empty without API_KEYS; as many as there are keys).",
+    ["owner"],
 )
 JOBS_CANCELLED_QUEUED = Counter(
     "cleaning_jobs_finished_total",

@@ -75,6 +75,7 @@ class Job(BaseModel):
     report: CleaningReport | None = Field(None, description="Once succeeded: what changed.")
     options: CleaningOptions = Field(default_factory=CleaningOptions)
     input_name: str | None = None
+    owner: str | None = Field(None, description="The name of the API key that created it.")
     output_format: OutputFormat = DEFAULT_OUTPUT
     cancel_requested: bool = False
     callback_url: str | None = None
@@ -104,6 +105,7 @@ class Job(BaseModel):
             report=CleaningReport.model_validate(doc["report"]) if doc.get("report") else None,
             options=CleaningOptions.model_validate(doc.get("options") or {}),
             input_name=doc.get("input_name"),
+            owner=doc.get("owner"),
             output_format=doc["output_format"],
             cancel_requested=bool(doc.get("cancel_requested")),
             callback_url=doc.get("callback_url"),

@@ -27,6 +27,7 @@ class Claimable(TypedDict, total=False):
     worker: str | None  # "host:pid" of the claimant
     started_ts: float
     heartbeat_ts: float
+    deadline_ts: float  # the claimed run's end: started + JOB_TIME_LIMIT_SECONDS
     finished_ts: float
     rows_done: int
     rows_total: int | None
@@ -47,7 +48,9 @@ class JobDoc(Claimable, total=False):
     options: Required[dict[str, Any]]  # CleaningOptions as JSON
     output_format: Required[OutputFormat]
     cancel_requested: bool
-    idempotency_key: str  # absent, never null, without a key (sparse unique index)
+    owner: str | None  # the name of the API key that created it (None without API_KEYS)
+    owner_hash: str | None  # sha256 of that key: what ownership is matched on
+    idempotency_key: str  # "<owner_hash>:<key>"; absent, never null, without one (sparse index)
     request_hash: str | None
     callback_url: str
     callback_status: str | None
@@ -60,6 +63,7 @@ class JobDoc(Claimable, total=False):
     parts_done: int
     merge_ts: float  # the merger's heartbeat; 0 until a merge is claimed
     merge_started_ts: float
+    merge_deadline_ts: float  # absent until a merge is claimed
 
 
 class PartDoc(Claimable, total=False):
@@ -85,6 +89,8 @@ def new_job_doc(
     request_hash: str | None = None,
     callback_url: str | None = None,
     owns_input: bool = True,
+    owner: str | None = None,
+    owner_hash: str | None = None,
 ) -> JobDoc:
     """The stored document of a new queued job."""
     now = time.time()
@@ -105,6 +111,8 @@ def new_job_doc(
         options=options,
         output_format=output_format,
         cancel_requested=False,
+        owner=owner,
+        owner_hash=owner_hash,
     )
     if idempotency_key is not None:
         doc["idempotency_key"] = idempotency_key

@@ -24,6 +24,7 @@ PARTS_COLLECTION = "job_parts"
 INDEXES: list[tuple[list[tuple[str, int]], dict[str, Any]]] = [
     ([("status", ASCENDING), ("created_at", DESCENDING)], {"name": "status_created"}),
     ([("idempotency_key", ASCENDING)], {"name": "idempotency", "unique": True, "sparse": True}),
+    ([("owner_hash", ASCENDING), ("_id", DESCENDING)], {"name": "owner_newest"}),
     ([("expires_at", ASCENDING)], {"name": "ttl", "expireAfterSeconds": 0}),
 ]
 PART_INDEXES: list[tuple[list[tuple[str, int]], dict[str, Any]]] = [
@@ -90,9 +91,12 @@ class AsyncJobStore:
         return await self.jobs.find({"_id": {"$in": job_ids}}).to_list(length=len(job_ids))
 
     async def list(
-        self, status: JobStatus | None, limit: int, before_id: str | None
+        self, status: JobStatus | None, limit: int, before_id: str | None, owner: str | None = None
     ) -> list[JobDoc]:
+        """Newest first; only the jobs of `owner` (a key's digest) when one is given."""
         query: dict[str, Any] = {}
+        if owner is not None:
+            query["owner_hash"] = owner
         if status is not None:
             query["status"] = status
         if before_id is not None:
@@ -133,17 +137,18 @@ class Records(Generic[Doc]):
     def get(self, record_id: str) -> Doc | None:
         return self.coll.find_one({"_id": record_id})
 
-    def claim(self, record_id: str, worker: str, stale_before: float, cap: int) -> Doc | None:
-        """queued → running, or take over a running one whose worker died; attempts < cap."""
-        update = rules.claim_update(time.time(), worker)
-        doc = self.coll.find_one_and_update(
-            rules.claim_queued(record_id, cap), update, return_document=AFTER
-        )
-        if doc is None:
-            doc = self.coll.find_one_and_update(
-                rules.claim_stale(record_id, stale_before, cap), update, return_document=AFTER
-            )
-        return doc
+    def claim(
+        self, record_id: str, worker: str, stale_before: float, cap: int, time_limit: float
+    ) -> Doc | None:
+        """queued → running, or take over a running one whose worker died before its
+        deadline; attempts < cap. This run may last `time_limit` seconds."""
+        now = time.time()
+        update = rules.claim_update(now, worker, time_limit)
+        stale = rules.claim_stale(record_id, stale_before, cap)
+        for expected in (rules.claim_queued(record_id, cap), *rules.before_deadline(stale, now)):
+            if doc := self.coll.find_one_and_update(expected, update, return_document=AFTER):
+                return doc
+        return None
 
     def heartbeat(self, record_id: str, worker: str, field: str = "heartbeat_ts") -> bool:
         result = self.coll.update_one(
@@ -191,10 +196,27 @@ class Records(Generic[Doc]):
                 return done
         return None
 
+    def fail_timed_out(self, record_id: str, stale_before: float, reason: str) -> Doc | None:
+        """Fail a record whose run went silent past its deadline (it is never run again)."""
+        return self.finish(
+            rules.timed_out(record_id, stale_before, time.time()), JobStatus.FAILED, error=reason
+        )
+
     def requeue(self, record_id: str, stale_before: float) -> bool:
-        """running (worker silent) → queued; True when this call made the change."""
+        """running (worker silent before its deadline) → queued; True when this call made
+        the change. A record past its deadline is never requeued."""
+        now = time.time()
+        for expected in rules.before_deadline(rules.claim_stale(record_id, stale_before), now):
+            if self.coll.update_one(expected, rules.requeue_update(now)).modified_count == 1:
+                return True
+        return False
+
+    def resend_timed_out(self, record_id: str, stale_before: float) -> bool:
+        """Mark a timed-out record's task as sent now (at most once a stale period); True
+        when this call did, so the caller sends it."""
+        now = time.time()
         result = self.coll.update_one(
-            rules.claim_stale(record_id, stale_before), rules.requeue_update(time.time())
+            rules.resend_timed_out(record_id, stale_before, now), {"$set": {"sent_ts": now}}
         )
         return result.modified_count == 1
 
@@ -274,12 +296,17 @@ class JobStore(Records[JobDoc]):
         update: dict[str, Any] = {"$inc": {"rows_done": rows, "bytes_done": size, **fields}}
         return self.jobs.find_one_and_update(rules.running(job_id), update, return_document=AFTER)
 
-    def claim_merge(self, job_id: str, worker: str, stale_before: float) -> JobDoc | None:
-        return self.jobs.find_one_and_update(
-            rules.merge_free(job_id, stale_before),
-            rules.merge_claim_update(time.time(), worker),
-            return_document=AFTER,
-        )
+    def claim_merge(
+        self, job_id: str, worker: str, stale_before: float, time_limit: float
+    ) -> JobDoc | None:
+        """Claim a split job's merge nobody runs, unless a merge of it ran out of time."""
+        now = time.time()
+        update = rules.merge_claim_update(now, worker, time_limit)
+        free = rules.merge_free(job_id, stale_before)
+        for expected in rules.before_deadline(free, now, "merge_deadline_ts"):
+            if doc := self.jobs.find_one_and_update(expected, update, return_document=AFTER):
+                return doc
+        return None
 
     def delete_parts(self, job_id: str) -> None:
         self.parts.coll.delete_many({"job_id": job_id})

@@ -27,7 +27,7 @@ from src.core.config import Settings
 from src.core.storage import Storage, TooLarge
 from src.data.formats import INPUT_SUFFIXES, OutputFormat
 from src.data.options import CleaningOptions
-from src.jobs import layout
+from src.jobs import destinations, layout
 from src.jobs.model import Job
 from src.jobs.records import JobDoc, new_job_doc
 from src.jobs.store import AsyncJobStore
@@ -69,6 +69,10 @@ class IdempotencyConflict(SubmitError):
 
 class Unavailable(SubmitError):
     """The store or the broker is down: nothing was created; retry later."""
+
+
+class InvalidCallback(SubmitError):
+    """The callback_url's host does not resolve, or resolves to a non-public address."""
 
 
 def describe_validation(errors: Sequence[Mapping[str, Any]]) -> str:
@@ -132,6 +136,18 @@ def find_source(files: Storage, source: str) -> str:
         raise SourceNotFound(str(exc)) from None
 
 
+def check_callback(url: str | None, allow_private: bool) -> None:
+    """Refuse a callback_url the workers would refuse (`src.jobs.destinations`), before
+    anything is stored. Blocking (DNS)."""
+    if not url:
+        return
+    try:
+        destinations.vet(url, allow_private)
+    except destinations.Refused as exc:
+        error = {"loc": ["body", "callback_url"], "msg": str(exc), "type": "callback_destination"}
+        raise InvalidCallback(f"callback_url: {exc}", [error]) from None
+
+
 @dataclass(frozen=True)
 class Submission:
     """A request to clean one input, once its file is stored."""
@@ -144,6 +160,12 @@ class Submission:
     output_format: OutputFormat
     callback_url: str | None
     content_digest: str  # sha256 of an upload, or "source:<key>"
+    owner: str | None = None  # the API key's name
+    owner_hash: str | None = None  # the API key's sha256: whose job it is
+
+    def scoped(self, idempotency_key: str) -> str:
+        """Idempotency keys are per owner: two teams may choose the same one."""
+        return f"{self.owner_hash or '-'}:{idempotency_key}"
 
     def request_hash(self) -> str:
         """What makes two requests with one Idempotency-Key the same request."""
@@ -179,8 +201,9 @@ async def submit(
 ) -> tuple[Job, bool]:
     """Record and queue the job; (job, created). Removes the job's files on any refusal."""
     job_id, digest = sub.job_id, sub.request_hash()
+    scoped = sub.scoped(idempotency_key) if idempotency_key else None
     try:
-        if idempotency_key and (existing := await _replay(store, idempotency_key, digest)):
+        if scoped and (existing := await _replay(store, scoped, digest)):
             layout.remove_job(files, job_id)
             return Job.from_doc(existing), False
         doc = new_job_doc(
@@ -191,15 +214,17 @@ async def submit(
             options=sub.options.model_dump(mode="json"),
             output_format=sub.output_format,
             retention_hours=settings.job_retention_hours,
-            idempotency_key=idempotency_key,
-            request_hash=digest if idempotency_key else None,
+            idempotency_key=scoped,
+            request_hash=digest if scoped else None,
             callback_url=sub.callback_url,
+            owner=sub.owner,
+            owner_hash=sub.owner_hash,
         )
         try:
             await store.insert(doc)
         except DuplicateKeyError:  # a concurrent twin won the race
             layout.remove_job(files, job_id)
-            existing = await _replay(store, idempotency_key or "", digest)
+            existing = await _replay(store, scoped or "", digest)
             if existing is None:
                 raise
             return Job.from_doc(existing), False

@@ -117,7 +117,7 @@ class FakeStore:
         self.docs.pop(job_id, None)
 
     async def list(
-        self, status: JobStatus | None, limit: int, before_id: str | None
+        self, status: JobStatus | None, limit: int, before_id: str | None, owner: str | None = None
     ) -> list[JobDoc]:
         self.calls["list"] += 1
         docs = sorted(self.docs.values(), key=lambda d: d["_id"], reverse=True)
@@ -126,6 +126,7 @@ class FakeStore:
             for d in docs
             if (status is None or d["status"] == status)
             and (before_id is None or d["_id"] < before_id)
+            and (owner is None or d.get("owner_hash") == owner)
         ]
         return [copy.deepcopy(d) for d in docs[:limit]]
 

@@ -573,11 +573,14 @@ async def test_api_key_accepted(make_api: Callable[..., Api]) -> None:
 @pytest.mark.parametrize(("method", "path"), KEYED_ROUTES)
 async def test_rate_limited(make_api: Callable[..., Api], method: str, path: str) -> None:
     """Over the budget of the window: 429 with Retry-After, before the route does anything."""
-    api = make_api(rate_limit_per_minute=5, redis=FakeRedis(already=5))
+    api = make_api(
+        rate_limit_per_minute=5, read_rate_limit_per_minute=5, redis=FakeRedis(already=5)
+    )
     files = {"file": ("p.csv", CSV)} if path == "/jobs/clean" else None
     r = await api.client.request(method, path, files=files)
     body = await problem_of(api, r, 429, "rate-limited")
-    assert body["detail"].startswith("rate limit exceeded: 5 requests per minute; retry in ")
+    unit = "submissions" if path == "/jobs/clean" else "requests"
+    assert body["detail"].startswith(f"rate limit exceeded: 5 {unit} per minute; retry in ")
     assert 1 <= int(r.headers["retry-after"]) <= 61
     assert sum(api.store.calls.values()) == 0 and api.sent == [] and api.leftovers() == []
 
@@ -586,7 +589,7 @@ async def test_rate_limit_counts_per_key(
     make_api: Callable[..., Api], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(ratelimit, "time", SimpleNamespace(time=lambda: 1_800_000_030.0))
-    api = make_api(rate_limit_per_minute=2, api_keys=f"other-key,{API_KEY}")
+    api = make_api(read_rate_limit_per_minute=2, api_keys=f"other-key,{API_KEY}")
     for _ in range(2):
         r = await api.client.get("/jobs", headers={"X-API-Key": API_KEY})
         assert r.status_code == 200, r.text

@@ -240,7 +240,9 @@ def _common(operation: str, method: str, path: str, kwargs: dict[str, Any]) -> N
         return await make_api(api_keys=API_KEY).client.request(method, path, **kwargs)
 
     async def rate_limited(make_api: Callable[..., Api]) -> httpx.Response:
-        api = make_api(rate_limit_per_minute=1, redis=FakeRedis(already=1))
+        api = make_api(
+            rate_limit_per_minute=1, read_rate_limit_per_minute=1, redis=FakeRedis(already=1)
+        )
         return await api.client.request(method, path, **kwargs)
 
     async def internal(make_api: Callable[..., Api]) -> httpx.Response:

@@ -9,15 +9,17 @@ from collections.abc import AsyncIterator
 from pathlib import PurePath
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Query, Response
+from fastapi import APIRouter, Query, Request, Response
 from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
 from sse_starlette.sse import EventSourceResponse
+from starlette.background import BackgroundTask
 from starlette.concurrency import iterate_in_threadpool
 
 from src.api import errors, openapi
-from src.api.deps import ApiKeyDep, FilesDep, JobStoreDep, WatcherDep
+from src.api.deps import Caller, FilesDep, JobStoreDep, ReaderDep, SettingsDep, WatcherDep
 from src.api.errors import ApiError, shown
 from src.api.models import JobList
+from src.api.ratelimit import StreamSlots
 from src.api.routes.submit import job_response
 from src.api.schemas import EXAMPLE_ID
 from src.core import instruments
@@ -33,9 +35,10 @@ MAX_WAIT_SECONDS = 60
 JobId = Annotated[str, openapi.path_param(EXAMPLE_ID)]
 
 
-async def _get(store: AsyncJobStore, job_id: str) -> JobDoc:
+async def _get(store: AsyncJobStore, job_id: str, caller: Caller) -> JobDoc:
+    """The job, if it exists and is the caller's (another key's job is "not found")."""
     doc = await store.get(job_id)
-    if doc is None:
+    if doc is None or not caller.sees(doc):
         raise ApiError(errors.JOB_NOT_FOUND, f"job {shown(job_id)} not found")
     return doc
 
@@ -64,7 +67,7 @@ def _decode_cursor(cursor: str) -> str:
 )
 async def list_jobs(
     store: JobStoreDep,
-    _key: ApiKeyDep,
+    caller: ReaderDep,
     status: Annotated[JobStatus | None, Query(description="Only jobs in this status.")] = None,
     limit: Annotated[int, Query(ge=1, le=200, description="Jobs per page.")] = 20,
     cursor: Annotated[
@@ -72,7 +75,7 @@ async def list_jobs(
     ] = None,
 ) -> JobList:
     before = _decode_cursor(cursor) if cursor else None
-    docs = await store.list(status, limit, before)
+    docs = await store.list(status, limit, before, owner=None if caller.admin else caller.digest)
     items = [Job.from_doc(d) for d in docs]
     next_cursor = _encode_cursor(items[-1].id) if len(items) == limit else None
     return JobList(items=items, next_cursor=next_cursor)
@@ -91,7 +94,7 @@ async def get_job(
     job_id: JobId,
     store: JobStoreDep,
     watcher: WatcherDep,
-    _key: ApiKeyDep,
+    caller: ReaderDep,
     wait: Annotated[
         float | None,
         Query(
@@ -101,10 +104,10 @@ async def get_job(
         ),
     ] = None,
 ) -> Job:
-    doc = await _get(store, job_id)
+    doc = await _get(store, job_id, caller)
     if wait and doc["status"] not in TERMINAL:
         await watcher.wait_finished(job_id, wait)
-        doc = await _get(store, job_id)
+        doc = await _get(store, job_id, caller)
     return Job.from_doc(doc)
 
 
@@ -125,9 +128,9 @@ async def get_job(
     },
 )
 async def get_result(
-    job_id: JobId, store: JobStoreDep, files: FilesDep, _key: ApiKeyDep
+    job_id: JobId, store: JobStoreDep, files: FilesDep, caller: ReaderDep
 ) -> Response:
-    doc = await _get(store, job_id)
+    doc = await _get(store, job_id, caller)
     result = doc.get("result")
     if doc["status"] != JobStatus.SUCCEEDED or result is None:
         raise ApiError(
@@ -160,10 +163,11 @@ async def get_result(
         **openapi.problems(errors.JOB_NOT_FOUND, errors.JOB_STATE),
     },
 )
-async def cancel_job(job_id: JobId, store: JobStoreDep, _key: ApiKeyDep) -> JSONResponse:
+async def cancel_job(job_id: JobId, store: JobStoreDep, caller: ReaderDep) -> JSONResponse:
+    await _get(store, job_id, caller)  # the caller's job, or 404
     doc = await store.cancel(job_id)
     if doc is None:
-        current = await _get(store, job_id)
+        current = await _get(store, job_id, caller)
         raise ApiError(
             errors.JOB_STATE,
             f"job is {current['status']}; only queued or running jobs can be cancelled",
@@ -185,10 +189,10 @@ async def cancel_job(job_id: JobId, store: JobStoreDep, _key: ApiKeyDep) -> JSON
     },
 )
 async def delete_job(
-    job_id: JobId, store: JobStoreDep, files: FilesDep, _key: ApiKeyDep
+    job_id: JobId, store: JobStoreDep, files: FilesDep, caller: ReaderDep
 ) -> Response:
     """A queued or running job answers 409: cancel it first. A `source` file is never removed."""
-    doc = await _get(store, job_id)
+    doc = await _get(store, job_id, caller)
     if doc["status"] not in TERMINAL:
         raise ApiError(errors.JOB_STATE, f"job is {doc['status']}; cancel it first, then delete it")
     await asyncio.to_thread(layout.remove_job, files, job_id)
@@ -214,23 +218,39 @@ async def delete_job(
         **openapi.problems(errors.JOB_NOT_FOUND),
     },
 )
-async def job_events(job_id: JobId, store: JobStoreDep, _key: ApiKeyDep) -> EventSourceResponse:
-    await _get(store, job_id)
+async def job_events(
+    job_id: JobId, request: Request, store: JobStoreDep, settings: SettingsDep, caller: ReaderDep
+) -> EventSourceResponse:
+    """Counted once against the read budget; each open stream holds one of the caller's
+    MAX_STREAMS_PER_KEY slots until it ends."""
+    await _get(store, job_id, caller)
+    free = stream_slots(request).take(caller.who, settings.max_streams_per_key)
 
     async def stream() -> AsyncIterator[dict[str, str]]:
         last: tuple[Any, ...] | None = None
-        while True:
-            doc = await store.get(job_id)
-            if doc is None:
-                yield {"event": "gone", "data": json.dumps({"id": job_id})}
-                return
-            job = Job.from_doc(doc)
-            state = (job.status, job.progress.rows_done, job.cancel_requested)
-            if state != last:
-                last = state
-                yield {"event": "job", "data": job.model_dump_json()}
-            if job.status in TERMINAL:
-                return
-            await asyncio.sleep(0.25)
+        try:
+            while True:
+                doc = await store.get(job_id)
+                if doc is None:
+                    yield {"event": "gone", "data": json.dumps({"id": job_id})}
+                    return
+                job = Job.from_doc(doc)
+                state = (job.status, job.progress.rows_done, job.cancel_requested)
+                if state != last:
+                    last = state
+                    yield {"event": "job", "data": job.model_dump_json()}
+                if job.status in TERMINAL:
+                    return
+                await asyncio.sleep(0.25)
+        finally:
+            free()
 
-    return EventSourceResponse(stream(), ping=15)
+    # `free` twice is harmless: the background task covers a stream never started.
+    return EventSourceResponse(stream(), ping=15, background=BackgroundTask(free))
+
+
+def stream_slots(request: Request) -> StreamSlots:
+    slots: StreamSlots | None = getattr(request.app.state, "stream_slots", None)
+    if slots is None:
+        slots = request.app.state.stream_slots = StreamSlots()
+    return slots

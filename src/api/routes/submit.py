@@ -7,6 +7,8 @@ come from `UploadRequest` and `SourceRequest` (`src.api.openapi`).
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import logging
 from collections import Counter
 from pathlib import PurePath
 from typing import Annotated, Any
@@ -18,7 +20,7 @@ from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException
 
 from src.api import errors, openapi
-from src.api.deps import ApiKeyDep, FilesDep, JobStoreDep, SettingsDep
+from src.api.deps import FilesDep, JobStoreDep, SettingsDep, SubmitterDep
 from src.api.errors import ApiError, field_errors, shown
 from src.api.schemas import SourceRequest, UploadRequest
 from src.core import broker, instruments
@@ -27,6 +29,7 @@ from src.jobs import submit as submission
 from src.jobs.model import Job, new_job_id
 from src.jobs.submit import describe_validation
 
+log = logging.getLogger(__name__)
 router = APIRouter(prefix="/jobs", tags=["jobs"])
 
 MULTIPART, JSON = "multipart/form-data", "application/json"
@@ -85,6 +88,8 @@ async def _upload(
         raise _invalid(exc, "invalid request") from None
     upload: UploadFile = body.file
     submission.upload_suffix(upload.filename)  # refuse the type before storing anything
+    callback_url = str(body.callback_url) if body.callback_url else None
+    await _check_callback(callback_url, settings)
     upload.file.seek(0)
     relpath, digest = await asyncio.to_thread(
         submission.save_upload, files, settings, job_id, upload.file, upload.filename
@@ -96,9 +101,14 @@ async def _upload(
         owns_input=True,
         options=body.options or CleaningOptions(),
         output_format=body.output_format,
-        callback_url=str(body.callback_url) if body.callback_url else None,
+        callback_url=callback_url,
         content_digest=digest,
     )
+
+
+async def _check_callback(url: str | None, settings: SettingsDep) -> None:
+    """A destination the workers would refuse is a 422 now (DNS blocks: in a thread)."""
+    await asyncio.to_thread(submission.check_callback, url, settings.callback_allow_private)
 
 
 async def _small_body(request: Request) -> bytes:
@@ -111,11 +121,15 @@ async def _small_body(request: Request) -> bytes:
     return bytes(data)
 
 
-async def _source(request: Request, files: FilesDep, job_id: str) -> submission.Submission:
+async def _source(
+    request: Request, files: FilesDep, settings: SettingsDep, job_id: str
+) -> submission.Submission:
     try:
         body = SourceRequest.model_validate_json(await _small_body(request))
     except ValidationError as exc:
         raise _invalid(exc, "invalid request") from None
+    callback_url = str(body.callback_url) if body.callback_url else None
+    await _check_callback(callback_url, settings)
     relpath = await asyncio.to_thread(submission.find_source, files, body.source)
     return submission.Submission(
         job_id=job_id,
@@ -124,7 +138,7 @@ async def _source(request: Request, files: FilesDep, job_id: str) -> submission.
         owns_input=False,
         options=body.options,
         output_format=body.output_format,
-        callback_url=str(body.callback_url) if body.callback_url else None,
+        callback_url=callback_url,
         content_digest=f"source:{relpath}",
     )
 
@@ -161,7 +175,7 @@ async def submit_job(
     store: JobStoreDep,
     settings: SettingsDep,
     files: FilesDep,
-    _key: ApiKeyDep,
+    caller: SubmitterDep,
     idempotency_key: Annotated[
         str | None,
         Header(
@@ -180,16 +194,18 @@ async def submit_job(
     if content_type.startswith(MULTIPART):
         sub = await _upload(request, files, settings, job_id)
     elif content_type.startswith(JSON):
-        sub = await _source(request, files, job_id)
+        sub = await _source(request, files, settings, job_id)
     else:
         given = shown(content_type) or "nothing"
         detail = f"send {MULTIPART} (a file) or {JSON} (a source), not {given}"
         raise ApiError(errors.UNSUPPORTED_MEDIA, detail)
+    sub = dataclasses.replace(sub, owner=caller.name, owner_hash=caller.digest)
     job, created = await submission.submit(
         store, settings, files, broker.send_clean, sub, idempotency_key
     )
     if created:
-        instruments.JOBS_SUBMITTED.inc()
+        log.info("job %s: submitted by %s", job.id, caller.name or "anyone (no API_KEYS)")
+        instruments.JOBS_SUBMITTED.labels(owner=caller.name or "").inc()
     response = job_response(job, 202)
     if not created:
         response.headers["Idempotent-Replayed"] = "true"
