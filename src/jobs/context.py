@@ -3,6 +3,10 @@
 A step is a whole job, one part of a split job, or a split job's merge. Each is
 claimed by compare-and-set, runs under a heartbeat, and ends with a terminal
 status whatever its body raised: `JobContext.attempt` is that ladder, written once.
+
+Each claimed run may last JOB_TIME_LIMIT_SECONDS (its `deadline_ts`): it stops itself
+between chunks past it, Celery's soft time limit a little later stops one stuck inside
+a chunk, and the hard limit after that kills its pool process (Celery starts another).
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, TypeVar
 
+from celery.exceptions import SoftTimeLimitExceeded
 from pymongo.errors import PyMongoError
 
 from src.core.config import Settings
@@ -47,12 +52,36 @@ class JobStopped(Exception):
     """Raised in a part when its job ended meanwhile (failed, cancelled or expired)."""
 
 
+class TimeLimitExceeded(Exception):
+    """Raised between chunks when the run is past its deadline."""
+
+
 # The body's exceptions that end the step as they are, before any readable error.
 STOPS = (JobCancelled, ClaimLost, JobStopped)
+# Past the run's deadline: between chunks (ours), or inside one (Celery's soft limit,
+# a signal raised wherever the run is).
+TIME_UP = (TimeLimitExceeded, SoftTimeLimitExceeded)
 # Bad input or a missing file: the user's to fix, said as it is (no "internal error").
 READABLE = (InputError, FileNotFoundError)
 # An end: the final status and its error, or None when the claim was lost.
 End = Callable[[JobStatus | None, str], Outcome]
+
+
+def time_limits(limit: float) -> tuple[float, float]:
+    """Celery's (soft, hard) time limits of a task whose run may last `limit` seconds.
+
+    Later than the deadline, so a run that reports progress stops itself cleanly between
+    chunks: the soft limit is for a run stuck inside one; the hard one, for a run deaf to
+    the soft one (native code), kills the pool process.
+    """
+    grace = min(max(limit / 10, 1.0), 60.0)
+    return limit + grace, limit + 2 * grace
+
+
+def time_limit_error(limit: float, where: str = "") -> str:
+    """The error of a run stopped at its deadline; `where` names a part or the merge."""
+    what = f" {where}: it" if where else ": the job"
+    return f"time limit exceeded{what} ran longer than JOB_TIME_LIMIT_SECONDS ({limit:g} s)"
 
 
 class JobEvents:
@@ -81,20 +110,39 @@ class Senders:
 
 
 class Heartbeat:
-    """Tells the store this worker is alive, from a thread, even during a long chunk."""
+    """Tells the store this worker is alive, from a thread, even during a long chunk.
+
+    Not after `until` (the hard time limit): a run stuck past it looks lost, so it
+    fails as timed out even where nothing killed it.
+    """
 
     def __init__(
-        self, records: Records[Any], record_id: str, worker: str, every: float, field: str
+        self,
+        records: Records[Any],
+        record_id: str,
+        worker: str,
+        every: float,
+        field: str,
+        until: float | None = None,
     ) -> None:
         self._stop = threading.Event()
         self._thread = threading.Thread(
-            target=self._run, args=(records, record_id, worker, every, field), daemon=True
+            target=self._run, args=(records, record_id, worker, every, field, until), daemon=True
         )
 
     def _run(
-        self, records: Records[Any], record_id: str, worker: str, every: float, field: str
+        self,
+        records: Records[Any],
+        record_id: str,
+        worker: str,
+        every: float,
+        field: str,
+        until: float | None,
     ) -> None:
         while not self._stop.wait(every):
+            if until is not None and time.time() > until:
+                log.error("%s: past its time limit; heartbeat stopped", record_id)
+                return
             try:
                 if not records.heartbeat(record_id, worker, field):
                     return
@@ -128,10 +176,30 @@ class JobContext:
         """A running record whose heartbeat is older than this lost its worker."""
         return time.time() - self.settings.stale_after_seconds
 
+    @property
+    def time_limit(self) -> float:
+        """How long one claimed run may last (JOB_TIME_LIMIT_SECONDS)."""
+        return self.settings.job_time_limit_seconds
+
     def heartbeat(
-        self, records: Records[Any], record_id: str, field: str = "heartbeat_ts"
+        self,
+        records: Records[Any],
+        record_id: str,
+        field: str = "heartbeat_ts",
+        deadline: float | None = None,
     ) -> Heartbeat:
-        return Heartbeat(records, record_id, self.worker, self.settings.heartbeat_seconds, field)
+        """Beats until the block ends, or until the hard time limit past `deadline`."""
+        until = None
+        if deadline is not None:
+            until = deadline + time_limits(self.time_limit)[1] - self.time_limit
+        return Heartbeat(
+            records, record_id, self.worker, self.settings.heartbeat_seconds, field, until
+        )
+
+    def check_time(self, deadline: float | None) -> None:
+        """Between chunks: raise TimeLimitExceeded once the run is past `deadline`."""
+        if deadline is not None and time.time() > deadline:
+            raise TimeLimitExceeded
 
     def finished(self, doc: JobDoc | None) -> None:
         """Report a final status this worker set (None: the compare-and-set missed)."""
@@ -157,6 +225,9 @@ class JobContext:
             return end(JobStatus.CANCELLED, "cancelled by request")
         except (ClaimLost, JobStopped):
             return end(None, "job ended")
+        except TIME_UP:
+            log.error("time limit exceeded %s", where or "in a job")
+            return end(JobStatus.FAILED, time_limit_error(self.time_limit, where))
         except readable as exc:
             return end(JobStatus.FAILED, f"{exc} ({where})" if where else str(exc))
         except PyMongoError:

@@ -16,13 +16,14 @@ from pathlib import Path
 from src.data import split
 from src.data.options import CleaningOptions
 from src.data.report import CleaningReport
-from src.jobs import layout
-from src.jobs.context import ClaimLost, JobCancelled, JobContext, Outcome
+from src.jobs import layout, rules
+from src.jobs.context import ClaimLost, JobCancelled, JobContext, Outcome, time_limit_error
 from src.jobs.model import JobStatus
 from src.jobs.parts import end_split, read_header
 from src.jobs.records import JobDoc
 
 log = logging.getLogger(__name__)
+WHERE = "while merging parts"
 
 
 def run_merge(ctx: JobContext, job_id: str) -> Outcome:
@@ -37,8 +38,12 @@ def run_merge(ctx: JobContext, job_id: str) -> Outcome:
         p["status"] != JobStatus.SUCCEEDED for p in parts
     ):
         return Outcome.GONE  # not ready: the last part to finish queues the merge again
-    claimed = store.claim_merge(job_id, worker, stale_before)
+    claimed = store.claim_merge(job_id, worker, stale_before, ctx.time_limit)
     if claimed is None:
+        timed_out = rules.merge_timed_out(job_id, stale_before, time.time())
+        reason = time_limit_error(ctx.time_limit, WHERE)
+        if end_split(ctx, job_id, JobStatus.FAILED, reason, expected=timed_out):
+            return Outcome.DONE  # its merge went silent past its deadline: never merged again
         current = store.get(job_id)
         fresh = current is not None and current["status"] == JobStatus.RUNNING
         return Outcome.BUSY if fresh else Outcome.GONE
@@ -60,6 +65,7 @@ def run_merge(ctx: JobContext, job_id: str) -> Outcome:
             raise ClaimLost
         if current.get("cancel_requested"):
             raise JobCancelled
+        ctx.check_time(claimed.get("merge_deadline_ts"))
 
     def merge() -> tuple[CleaningReport, int]:
         options = CleaningOptions.model_validate(job["options"])
@@ -92,8 +98,8 @@ def run_merge(ctx: JobContext, job_id: str) -> Outcome:
 
     log.info("job %s: merging %s parts (%s)", job_id, len(parts), worker)
     layout.discard_abandoned(files, job_id)  # a merger killed mid-write left its temp file
-    with ctx.heartbeat(store, job_id, field="merge_ts"):
-        merged = ctx.attempt(merge, end, where="while merging parts", readable=())
+    with ctx.heartbeat(store, job_id, "merge_ts", claimed.get("merge_deadline_ts")):
+        merged = ctx.attempt(merge, end, where=WHERE, readable=())
     if isinstance(merged, Outcome):
         return merged
     report, result_bytes = merged

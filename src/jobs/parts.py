@@ -24,6 +24,7 @@ from src.jobs.context import (
     Outcome,
     Senders,
     notify,
+    time_limit_error,
 )
 from src.jobs.model import JobStatus
 from src.jobs.records import JobDoc, PartDoc, new_part_doc
@@ -78,14 +79,22 @@ def read_header(ctx: JobContext, rel: str, options: CleaningOptions) -> tuple[li
         return csv_head(fh.read(end - begin), options)
 
 
-def end_split(ctx: JobContext, job_id: str, status: JobStatus, error: str) -> None:
+def end_split(
+    ctx: JobContext,
+    job_id: str,
+    status: JobStatus,
+    error: str,
+    expected: rules.Filter | None = None,
+) -> bool:
     """Fail or cancel a split job (whichever step sees it first); the others stop on
-    their next chunk."""
-    finished = ctx.store.finish(rules.running(job_id), status, error=error)
+    their next chunk. From the state `expected` describes (default: running); True
+    when this call ended it."""
+    finished = ctx.store.finish(expected or rules.running(job_id), status, error=error)
     if finished is not None:
         log.info("job %s: %s: %s", job_id, status, error)
         ctx.finished(finished)
         layout.remove_parts(ctx.files, job_id)
+    return finished is not None
 
 
 def _senders(ctx: JobContext) -> Senders:
@@ -103,7 +112,9 @@ def run_part(ctx: JobContext, part: str) -> Outcome:
     if before is None:
         return Outcome.GONE
     job_id = before["job_id"]
-    claimed = store.parts.claim(part, worker, stale_before, ctx.settings.max_attempts)
+    claimed = store.parts.claim(
+        part, worker, stale_before, ctx.settings.max_attempts, ctx.time_limit
+    )
     if claimed is None:
         return _part_not_claimed(ctx, before, stale_before)
     job = store.get(job_id)
@@ -137,6 +148,7 @@ def run_part(ctx: JobContext, part: str) -> Outcome:
             raise JobStopped
         if current.get("cancel_requested"):
             raise JobCancelled
+        ctx.check_time(claimed.get("deadline_ts"))
 
     def clean() -> split.PartResult:
         options = CleaningOptions.model_validate(job["options"])
@@ -165,7 +177,7 @@ def run_part(ctx: JobContext, part: str) -> Outcome:
         end_split(ctx, job_id, status, error)
         return Outcome.DONE
 
-    with ctx.heartbeat(store.parts, part):
+    with ctx.heartbeat(store.parts, part, deadline=claimed.get("deadline_ts")):
         result = ctx.attempt(clean, end, where=f"in {label}")
     if isinstance(result, Outcome):
         return result
@@ -187,6 +199,11 @@ def run_part(ctx: JobContext, part: str) -> Outcome:
 
 def _part_not_claimed(ctx: JobContext, before: PartDoc, stale_before: float) -> Outcome:
     part, job_id, cap = before["_id"], before["job_id"], ctx.settings.max_attempts
+    timed_out = time_limit_error(ctx.time_limit, f"in part {before['index'] + 1}")
+    if ctx.store.parts.fail_timed_out(part, stale_before, timed_out):
+        log.error("job %s failed: %s", job_id, timed_out)
+        end_split(ctx, job_id, JobStatus.FAILED, timed_out)
+        return Outcome.DONE
     reason = (
         f"part {before['index'] + 1} of the input (bytes {before['start']:,}–{before['end']:,}) "
         f"lost its worker {cap} times (redelivery cap {cap}); "

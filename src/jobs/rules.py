@@ -39,12 +39,35 @@ def exhausted_stale(job_id: str, cap: int, stale_before: float) -> Filter:
     return {**claim_stale(job_id, stale_before), "attempts": {"$gte": cap}}
 
 
-def claim_update(now: float, worker: str) -> Update:
+def before_deadline(found: Filter, now: float, field: str = "deadline_ts") -> list[Filter]:
+    """`found`, if not past its deadline: filters to try in turn, since `$or` is out.
+
+    The deadline is ahead, or there is none: `None` also matches a missing field (a
+    merge not claimed yet, a record claimed before time limits existed).
+    """
+    return [{**found, field: {"$gt": now}}, {**found, field: None}]
+
+
+def timed_out(job_id: str, stale_before: float, now: float) -> Filter:
+    """A running record silent past its deadline: its run ran out of time (a hard time
+    limit killed it, or its heartbeat gave up), so it never runs again: it fails."""
+    return {**claim_stale(job_id, stale_before), "deadline_ts": {"$lt": now}}
+
+
+def resend_timed_out(job_id: str, stale_before: float, now: float) -> Filter:
+    """A timed-out record whose task was not sent in the last stale period: the sweep sends
+    one, whose claim fails it (the task path also delivers its callback)."""
+    return {**timed_out(job_id, stale_before, now), "sent_ts": {"$lt": stale_before}}
+
+
+def claim_update(now: float, worker: str, time_limit: float) -> Update:
+    """queued (or lost) → running for this worker; this run may last `time_limit` seconds."""
     return {
         "$set": {
             "status": RUNNING,
             "started_ts": now,
             "heartbeat_ts": now,
+            "deadline_ts": now + time_limit,
             "worker": worker,
             "rows_done": 0,
             "bytes_done": 0,
@@ -87,6 +110,7 @@ def split_update(parts_total: int, bytes_total: int) -> Update:
             "parts_total": parts_total,
             "parts_done": 0,
             "heartbeat_ts": SPLIT_HEARTBEAT,
+            "deadline_ts": SPLIT_HEARTBEAT,  # each part, and the merge, has its own
             "merge_ts": 0.0,
             "rows_done": 0,
             "bytes_done": 0,
@@ -104,13 +128,25 @@ def merge_free(job_id: str, stale_before: float) -> Filter:
     return {"_id": job_id, "status": RUNNING, "merge_ts": {"$lt": stale_before}}
 
 
-def merge_claim_update(now: float, worker: str) -> Update:
-    return {"$set": {"merge_ts": now, "merge_started_ts": now, "worker": worker}}
+def merge_claim_update(now: float, worker: str, time_limit: float) -> Update:
+    return {
+        "$set": {
+            "merge_ts": now,
+            "merge_started_ts": now,
+            "merge_deadline_ts": now + time_limit,
+            "worker": worker,
+        }
+    }
 
 
 def stale_merge(stale_before: float) -> Filter:
     """Split jobs whose merger died (a merge that started and went silent)."""
     return {"status": RUNNING, "merge_ts": {"$gt": 0, "$lt": stale_before}}
+
+
+def merge_timed_out(job_id: str, stale_before: float, now: float) -> Filter:
+    """A split job whose merge went silent past its deadline: never merged again, it fails."""
+    return {"_id": job_id, **stale_merge(stale_before), "merge_deadline_ts": {"$lt": now}}
 
 
 def cancel_queued(job_id: str) -> Filter:

@@ -12,7 +12,14 @@ from src.data.options import CleaningOptions
 from src.data.pipeline import Progress
 from src.data.report import CleaningReport
 from src.jobs import layout, parts
-from src.jobs.context import ClaimLost, JobCancelled, JobContext, Outcome, notify
+from src.jobs.context import (
+    ClaimLost,
+    JobCancelled,
+    JobContext,
+    Outcome,
+    notify,
+    time_limit_error,
+)
 from src.jobs.model import JobStatus
 from src.jobs.records import JobDoc
 
@@ -27,12 +34,14 @@ def run_job(ctx: JobContext, job_id: str) -> Outcome:
     """
     stale_before = ctx.stale_before()
     # The common case costs one round trip: the claim. The rest runs when it misses.
-    claimed = ctx.store.claim(job_id, ctx.worker, stale_before, ctx.settings.max_attempts)
+    claimed = ctx.store.claim(
+        job_id, ctx.worker, stale_before, ctx.settings.max_attempts, ctx.time_limit
+    )
     if claimed is None:
         return _not_claimed(ctx, job_id, stale_before)
     log.info("job %s: claimed by %s (attempt %s)", job_id, ctx.worker, claimed["attempts"])
     notify(ctx.events.claimed, claimed)
-    with ctx.heartbeat(ctx.store, job_id):
+    with ctx.heartbeat(ctx.store, job_id, deadline=claimed.get("deadline_ts")):
         ranges = parts.plan(ctx, claimed) if ctx.senders else None
         if not ranges:
             return _clean(ctx, claimed)
@@ -40,7 +49,13 @@ def run_job(ctx: JobContext, job_id: str) -> Outcome:
 
 
 def _not_claimed(ctx: JobContext, job_id: str, stale_before: float) -> Outcome:
-    """Fail it if its workers kept dying; else say whether someone else holds it."""
+    """Fail it if its run went silent past its deadline, or its workers kept dying; else
+    say whether someone else holds it."""
+    timed_out = time_limit_error(ctx.time_limit)
+    if finished := ctx.store.fail_timed_out(job_id, stale_before, timed_out):
+        log.error("job %s failed: %s", job_id, timed_out)
+        ctx.finished(finished)
+        return Outcome.DONE
     cap = ctx.settings.max_attempts
     reason = (
         f"the worker running this job was lost {cap} times (redelivery cap {cap}); "
@@ -71,6 +86,7 @@ def _clean(ctx: JobContext, doc: JobDoc) -> Outcome:
         notify(ctx.events.progressed, job_id, p.rows_done, p.bytes_done)
         if current.get("cancel_requested"):
             raise JobCancelled
+        ctx.check_time(doc.get("deadline_ts"))
 
     def clean() -> tuple[CleaningReport, int]:
         options = CleaningOptions.model_validate(doc["options"])

@@ -1,5 +1,9 @@
 """The sweep (run by Celery beat): requeue what lost its worker, resend tasks that may
-be lost, expire old jobs. Every change is a compare-and-set, so two sweeps are harmless."""
+be lost, expire old jobs. Every change is a compare-and-set, so two sweeps are harmless.
+
+What went silent past its deadline (JOB_TIME_LIMIT_SECONDS) is never requeued: its task
+is sent again, whose claim fails it, as for a merge that went silent past its own.
+"""
 
 from __future__ import annotations
 
@@ -17,6 +21,7 @@ log = logging.getLogger(__name__)
 class SweepResult:
     requeued: list[str] = field(default_factory=list)
     resent: list[str] = field(default_factory=list)
+    timed_out: list[str] = field(default_factory=list)  # sent to be failed, never requeued
     expired: list[str] = field(default_factory=list)
 
 
@@ -34,6 +39,9 @@ def sweep(ctx: JobContext) -> SweepResult:
             if records.requeue(record_id, stale_before):
                 send(record_id)
                 result.requeued.append(record_id)
+            elif records.resend_timed_out(record_id, stale_before):
+                send(record_id)  # its claim fails it; the task path delivers its callback
+                result.timed_out.append(record_id)
         for record_id in records.ids(rules.old_queued(sent_before)):
             if records.mark_resent(record_id, sent_before):
                 send(record_id)
@@ -46,6 +54,6 @@ def sweep(ctx: JobContext) -> SweepResult:
         store.delete_parts(job_id)
         store.delete(job_id)
         result.expired.append(job_id)
-    if any((result.requeued, result.resent, result.expired)):
+    if any((result.requeued, result.resent, result.timed_out, result.expired)):
         log.info("sweep: %s", result)
     return result

@@ -17,7 +17,7 @@ from src.core.logging import setup_logging
 from src.core.storage import Storage, open_storage
 from src.data.lossy import french_words
 from src.jobs import callbacks, merge, parts, run
-from src.jobs.context import JobContext, Outcome, Senders
+from src.jobs.context import JobContext, Outcome, Senders, time_limits
 from src.jobs.model import JobStatus
 from src.jobs.records import job_of_part
 from src.jobs.store import JobStore
@@ -70,12 +70,17 @@ def _preload(**_: object) -> None:
 
 
 # Job steps retry a store outage with backoff; BUSY retries are theirs (`_after`).
+# Past JOB_TIME_LIMIT_SECONDS a run stops itself between chunks; Celery's soft limit
+# stops one stuck inside a chunk, its hard limit kills (and replaces) a deaf pool process.
+SOFT_TIME_LIMIT, HARD_TIME_LIMIT = time_limits(get_settings().job_time_limit_seconds)
 JOB_TASK = {
     "bind": True,
     "autoretry_for": (PyMongoError,),
     "retry_backoff": True,
     "retry_backoff_max": 30,
     "max_retries": 8,
+    "soft_time_limit": SOFT_TIME_LIMIT,
+    "time_limit": HARD_TIME_LIMIT,
 }
 
 
@@ -111,9 +116,9 @@ def merge_parts(self: Task, job_id: str) -> str:
 @app.task(name=broker.CALLBACK_TASK, bind=True, max_retries=None)
 def callback(self: Task, job_id: str) -> bool:
     try:
-        return callbacks.deliver_callback(store(), job_id)
+        return callbacks.deliver_callback(store(), get_settings(), job_id)
     except callbacks.CallbackFailed as exc:
-        final = self.request.retries >= get_settings().callback_retries
+        final = exc.final or self.request.retries >= get_settings().callback_retries
         callbacks.record_failure(store(), job_id, str(exc), final)
         if final:
             log.warning("job %s: callback given up: %s", job_id, exc)

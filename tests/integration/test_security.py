@@ -12,7 +12,8 @@ SECRET = "sk-test-5b1f0c9e7a2d4f8c"
 
 
 def test_rate_limit_per_key_with_retry_after(stack: Stack) -> None:
-    proc, base = stack.start_api(API_KEYS=f"{SECRET},other-key", RATE_LIMIT_PER_MINUTE="5")
+    """The read budget (READ_RATE_LIMIT_PER_MINUTE), per key; submissions have their own."""
+    proc, base = stack.start_api(API_KEYS=f"{SECRET},other-key", READ_RATE_LIMIT_PER_MINUTE="5")
     try:
         if time.time() % 60 > 55:  # keep the burst inside one one-minute window
             time.sleep(61 - time.time() % 60)

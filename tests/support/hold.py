@@ -8,6 +8,14 @@ a progress report there while that file exists: it calls the run's real progress
 callback again every `POLL_SECONDS`, so the heartbeat and progress still reach the
 store and a cancel or a lost claim still stops the run, as between real chunks.
 
+`CLEANING_TEST_HOLD_MODE` in the worker's environment (an extra keyword argument of
+`Stack.start_worker`) holds a run stuck inside a chunk instead, never reporting
+progress: `stuck` blocks before the cleaning function is called, while the file
+exists, as a slow chunk would (what Python raises there, such as Celery's soft time
+limit, ends the run); `wedged` blocks the same way but swallows what Python raises
+there, as native code that never returns would: only a kill (Celery's hard time
+limit) or the file's removal ends it.
+
 Wrapped: `src.data.split.clean_part` (a part) and `src.data.pipeline.clean_file`
 (a whole job), as module attributes: the job code must call them through their
 modules (`split.clean_part(...)`), or a name imported earlier escapes the wrapper.
@@ -26,15 +34,23 @@ from pathlib import Path
 from typing import Any
 
 HOLD_ENV = "CLEANING_TEST_HOLD_FILE"
+HOLD_MODE_ENV = "CLEANING_TEST_HOLD_MODE"
+PROGRESS, STUCK, WEDGED = "progress", "stuck", "wedged"
 POLL_SECONDS = 0.05
 
 
-def holding(real: Callable[..., Any], hold_file: Path) -> Callable[..., Any]:
-    """`real` (a cleaning function taking `on_progress`) with its progress callback held."""
+def holding(real: Callable[..., Any], hold_file: Path, mode: str = PROGRESS) -> Callable[..., Any]:
+    """`real` (a cleaning function taking `on_progress`) with its progress callback held,
+    or (`stuck`, `wedged`) held before it runs at all."""
+    if mode not in (PROGRESS, STUCK, WEDGED):
+        raise ValueError(f"{HOLD_MODE_ENV}={mode!r}: expected {PROGRESS}, {STUCK} or {WEDGED}")
     signature = inspect.signature(real)
 
     @functools.wraps(real)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
+        if mode != PROGRESS and hold_file.exists():
+            _record(hold_file)
+            _block(hold_file, deaf=mode == WEDGED)
         call = signature.bind(*args, **kwargs)  # positional or keyword, as the caller chose
         report = call.arguments.get("on_progress")
         if report is not None:
@@ -56,6 +72,18 @@ def _held(report: Callable[..., None], hold_file: Path) -> Callable[..., None]:
     return on_progress
 
 
+def _block(hold_file: Path, deaf: bool) -> None:
+    """Wait while the file exists, without a progress report; `deaf` to exceptions."""
+    while True:
+        try:
+            if not hold_file.exists():
+                return
+            time.sleep(POLL_SECONDS)
+        except Exception:
+            if not deaf:
+                raise
+
+
 def _record(hold_file: Path) -> None:
     """Note this process in `<hold file>.pids`: a test that sees none knows the hold missed."""
     with contextlib.suppress(OSError), pids_file(hold_file).open("a") as fh:
@@ -66,17 +94,17 @@ def pids_file(hold_file: Path) -> Path:
     return hold_file.with_name(f"{hold_file.name}.pids")
 
 
-def install(hold_file: Path) -> None:
+def install(hold_file: Path, mode: str = PROGRESS) -> None:
     from src.data import pipeline, split
 
-    split.clean_part = holding(split.clean_part, hold_file)
-    pipeline.clean_file = holding(pipeline.clean_file, hold_file)
+    split.clean_part = holding(split.clean_part, hold_file, mode)
+    pipeline.clean_file = holding(pipeline.clean_file, hold_file, mode)
 
 
 @contextlib.contextmanager
 def held(hold_file: Path) -> Iterator[Path]:
     """Runs of workers started with this `hold_file` stay at their first progress report
-    until the block ends."""
+    (or before their first chunk: `stuck`, `wedged`) until the block ends."""
     pids_file(hold_file).unlink(missing_ok=True)
     hold_file.touch()
     try:
@@ -93,4 +121,4 @@ def held_pids(hold_file: Path) -> set[int]:
 
 
 if path := os.environ.get(HOLD_ENV):
-    install(Path(path))
+    install(Path(path), os.environ.get(HOLD_MODE_ENV) or PROGRESS)

@@ -211,6 +211,9 @@ class Stack:
             BROKER_TIMEOUT_SECONDS="1",
             STORE_TIMEOUT_MS="1500",
             CALLBACK_RETRIES="1",
+            # The tests' callback receivers listen on 127.0.0.1; test_callbacks.py turns
+            # it off to prove the refusal.
+            CALLBACK_ALLOW_PRIVATE="true",
         )
         env.update(self.extra_env)
         env.update(overrides)

@@ -18,6 +18,7 @@ from src.jobs.model import JobStatus
 NOW = 1_000.0
 STALE_BEFORE = NOW - 30  # the sweep's cut-off: heartbeats older than this are dead
 CAP = 3
+LIMIT = 600.0  # JOB_TIME_LIMIT_SECONDS
 ID = "job1"
 COMPARE = {"$lt": lambda a, b: a < b, "$gt": lambda a, b: a > b, "$gte": lambda a, b: a >= b}
 
@@ -33,6 +34,11 @@ def matches(query: dict[str, Any], doc: dict[str, Any]) -> bool:
         elif doc.get(name) != want:
             return False
     return True
+
+
+def matches_any(alternatives: list[dict[str, Any]], doc: dict[str, Any]) -> bool:
+    """Filters tried in turn (rules.py has no `$or`): the first that matches wins."""
+    return any(matches(query, doc) for query in alternatives)
 
 
 def apply(update: dict[str, Any], doc: dict[str, Any]) -> dict[str, Any]:
@@ -57,6 +63,15 @@ LIVE_RUN = {**DEAD_RUN, "heartbeat_ts": FRESH}
 LIVE_RUN_CAP = {**LIVE_RUN, "attempts": CAP}
 DONE = job("succeeded", heartbeat_ts=DEAD, expires_ts=NOW - 1)
 MERGE_NONE, MERGE_DEAD, MERGE_LIVE = (job("running", merge_ts=t) for t in (0.0, DEAD, FRESH))
+# Deadlines (claimed at + JOB_TIME_LIMIT_SECONDS) either side of now; none: claimed before
+# time limits existed, which counts as no limit.
+AHEAD, PAST = NOW + 60, NOW - 1
+DEAD_IN_TIME = {**DEAD_RUN, "deadline_ts": AHEAD}  # its worker died before the deadline
+DEAD_LATE = {**DEAD_RUN, "deadline_ts": PAST}  # silent past it (the hard limit killed it)
+LIVE_LATE = {**LIVE_RUN, "deadline_ts": PAST}  # its worker is still stopping it
+MERGE_DEAD_IN_TIME = {**MERGE_DEAD, "merge_deadline_ts": AHEAD}
+MERGE_DEAD_LATE = {**MERGE_DEAD, "merge_deadline_ts": PAST}
+MERGE_LIVE_LATE = {**MERGE_LIVE, "merge_deadline_ts": PAST}
 
 CASES = {  # name: (filter, the documents it matches, those it does not)
     "claim_queued": (
@@ -94,6 +109,34 @@ CASES = {  # name: (filter, the documents it matches, those it does not)
         [DONE],
         [{**DONE, "expires_ts": NOW + 1}, LIVE_RUN],  # not yet, or never set
     ),
+    "timed_out": (
+        rules.timed_out(ID, STALE_BEFORE, NOW),
+        [DEAD_LATE, {**DEAD_LATE, "attempts": CAP}],
+        [DEAD_IN_TIME, DEAD_RUN, LIVE_LATE, {**DEAD_LATE, "status": "failed"}, DONE],
+    ),
+    "resend_timed_out": (
+        rules.resend_timed_out(ID, STALE_BEFORE, NOW),
+        [DEAD_LATE],
+        [{**DEAD_LATE, "sent_ts": FRESH}, DEAD_IN_TIME],  # sent in the last stale period
+    ),
+    "merge_timed_out": (
+        rules.merge_timed_out(ID, STALE_BEFORE, NOW),
+        [MERGE_DEAD_LATE],
+        [MERGE_DEAD_IN_TIME, MERGE_DEAD, MERGE_LIVE_LATE, {**MERGE_DEAD_LATE, "_id": "job2"}],
+    ),
+}
+# Filters tried in turn: name: (alternatives, the documents one matches, those none does)
+ALTERNATIVES = {
+    "claim_stale_before_deadline": (
+        rules.before_deadline(rules.claim_stale(ID, STALE_BEFORE, CAP), NOW),
+        [DEAD_IN_TIME, DEAD_RUN],
+        [DEAD_LATE, {**DEAD_IN_TIME, "attempts": CAP}, LIVE_RUN, QUEUED, DONE],
+    ),
+    "merge_free_before_deadline": (
+        rules.before_deadline(rules.merge_free(ID, STALE_BEFORE), NOW, "merge_deadline_ts"),
+        [MERGE_NONE, MERGE_DEAD_IN_TIME, MERGE_DEAD],
+        [MERGE_DEAD_LATE, MERGE_LIVE, {**MERGE_DEAD_IN_TIME, "status": "cancelled"}],
+    ),
 }
 
 
@@ -104,10 +147,17 @@ def test_filter_matches_exactly_its_documents(name: str) -> None:
     assert [matches(query, d) for d in misses] == [False] * len(misses)
 
 
+@pytest.mark.parametrize("name", ALTERNATIVES)
+def test_alternatives_match_exactly_their_documents(name: str) -> None:
+    alternatives, hits, misses = ALTERNATIVES[name]
+    assert [matches_any(alternatives, d) for d in hits] == [True] * len(hits)
+    assert [matches_any(alternatives, d) for d in misses] == [False] * len(misses)
+
+
 def test_claim_then_lose_then_requeue_then_exhaust() -> None:
     """A job's life through the updates: each leaves it where the next filter expects."""
     doc = job(sent_ts=DEAD)
-    doc = apply(rules.claim_update(NOW, "w:1"), doc)
+    doc = apply(rules.claim_update(NOW, "w:1", LIMIT), doc)
     assert doc["status"] == "running" and doc["worker"] == "w:1" and doc["attempts"] == 1
     assert doc["heartbeat_ts"] == doc["started_ts"] == NOW
     assert doc["rows_done"] == doc["bytes_done"] == 0
@@ -127,7 +177,9 @@ def test_claim_then_lose_then_requeue_then_exhaust() -> None:
     assert not matches(rules.owned(ID, "w:1"), doc)  # the silent worker's updates now miss
     for attempt in range(2, CAP + 1):
         assert matches(rules.claim_queued(ID, CAP), doc)
-        doc = apply(rules.requeue_update(later), apply(rules.claim_update(later, "w:2"), doc))
+        doc = apply(
+            rules.requeue_update(later), apply(rules.claim_update(later, "w:2", LIMIT), doc)
+        )
         assert doc["attempts"] == attempt
     assert not matches(rules.claim_queued(ID, CAP), doc)
     assert matches(rules.exhausted_queued(ID, CAP), doc)
@@ -137,7 +189,7 @@ def test_claim_then_lose_then_requeue_then_exhaust() -> None:
     "status", [s for s in JobStatus if s not in (JobStatus.QUEUED, JobStatus.RUNNING)]
 )
 def test_finish_leaves_no_transition(status: JobStatus) -> None:
-    doc = apply(rules.claim_update(NOW, "w:1"), job())
+    doc = apply(rules.claim_update(NOW, "w:1", LIMIT), job())
     done = apply(rules.finish_update(status, NOW + 1, error="why"), doc)
     assert done["status"] == status.value and done["finished_ts"] == NOW + 1
     assert done["error"] == "why"
@@ -157,7 +209,7 @@ def test_split_job_is_never_stale_and_merges_once() -> None:
     """A split job lives through its parts and its merge, never through its own heartbeat."""
     doc = apply(
         rules.split_update(parts_total=4, bytes_total=400),
-        apply(rules.claim_update(NOW, "w:1"), job()),
+        apply(rules.claim_update(NOW, "w:1", LIMIT), job()),
     )
     assert doc["parts_total"] == 4 and doc["parts_done"] == 0 and doc["bytes_total"] == 400
     assert doc["rows_done"] == doc["bytes_done"] == 0
@@ -167,10 +219,58 @@ def test_split_job_is_never_stale_and_merges_once() -> None:
     assert matches(rules.merge_free(ID, STALE_BEFORE), doc)  # nobody merges it yet
     assert not matches(rules.stale_merge(far_future), doc)  # and no merger died
 
-    merging = apply(rules.merge_claim_update(NOW, "w:2"), doc)
+    merging = apply(rules.merge_claim_update(NOW, "w:2", LIMIT), doc)
     assert merging["worker"] == "w:2" and merging["merge_started_ts"] == NOW
     assert not matches(rules.merge_free(ID, STALE_BEFORE), merging)  # a second merge misses
     assert matches(rules.owned(ID, "w:2"), merging)
     silent = NOW + 60  # the merger stopped beating
     assert matches(rules.stale_merge(silent - 30), merging)
     assert matches(rules.merge_free(ID, silent - 30), merging)
+
+
+def test_a_run_past_its_deadline_is_never_run_again() -> None:
+    """Each claim gives its run JOB_TIME_LIMIT_SECONDS. Lost before the deadline, the
+    record may run again; silent past it, it can only fail."""
+    doc = apply(rules.claim_update(NOW, "w:1", LIMIT), job(sent_ts=DEAD))
+    assert doc["deadline_ts"] == NOW + LIMIT
+    seen = NOW + 70  # its worker died early (a lost worker, not a time limit), seen now
+    stale = rules.claim_stale(ID, seen - 30, CAP)
+    assert matches_any(rules.before_deadline(stale, seen), doc)
+    assert not matches(rules.timed_out(ID, seen - 30, seen), doc)
+
+    doc = apply(rules.claim_update(seen, "w:2", LIMIT), doc)  # taken over: a new run
+    assert doc["deadline_ts"] == seen + LIMIT and doc["attempts"] == 2
+    late = doc["deadline_ts"] + 120  # silent past its deadline (the hard limit killed it)
+    stale = rules.claim_stale(ID, late - 30, CAP)
+    assert not matches_any(rules.before_deadline(stale, late), doc)  # never claimed again
+    assert not matches_any(rules.before_deadline(rules.claim_stale(ID, late - 30), late), doc)
+    assert matches(rules.timed_out(ID, late - 30, late), doc)
+    assert matches(rules.resend_timed_out(ID, late - 30, late), doc)  # its task fails it
+    resent = apply({"$set": {"sent_ts": late}}, doc)
+    assert not matches(rules.resend_timed_out(ID, late - 30, late + 1), resent)  # once a period
+
+    failed = apply(rules.finish_update(JobStatus.FAILED, late, error="time limit"), doc)
+    assert not matches(rules.timed_out(ID, late - 30, late), failed)
+    assert not matches(rules.stale_running(late - 30), failed)
+
+
+def test_a_split_job_has_no_deadline_of_its_own_but_its_merge_has() -> None:
+    """A split job lives as long as its parts and its merge, each with its own limit."""
+    doc = apply(
+        rules.split_update(parts_total=2, bytes_total=20),
+        apply(rules.claim_update(NOW, "w:1", LIMIT), job()),
+    )
+    far_future = NOW + 100 * 365 * 86_400
+    assert not matches(rules.timed_out(ID, far_future, far_future), doc)
+    assert doc["deadline_ts"] > far_future
+
+    merging = apply(rules.merge_claim_update(NOW, "w:2", LIMIT), doc)
+    assert merging["merge_deadline_ts"] == NOW + LIMIT
+    died = NOW + 60  # the merger dies before its deadline: another may merge
+    free = rules.merge_free(ID, died - 30)
+    assert matches_any(rules.before_deadline(free, died, "merge_deadline_ts"), merging)
+    assert not matches(rules.merge_timed_out(ID, died - 30, died), merging)
+    late = NOW + LIMIT + 120  # silent past it: never merged again, the job fails
+    free = rules.merge_free(ID, late - 30)
+    assert not matches_any(rules.before_deadline(free, late, "merge_deadline_ts"), merging)
+    assert matches(rules.merge_timed_out(ID, late - 30, late), merging)
