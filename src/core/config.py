@@ -14,7 +14,8 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 class Settings(BaseSettings):
     """Read from the environment (and `.env` when present)."""
 
-    model_config = SettingsConfigDict(env_file=".env", extra="ignore")
+    # hide_input_in_errors: a malformed secret (CALLBACK_SECRET) is never echoed at start-up.
+    model_config = SettingsConfigDict(env_file=".env", extra="ignore", hide_input_in_errors=True)
 
     mongo_url: str = Field("mongodb://127.0.0.1:27017", description="MONGO_URL")
     mongo_db: str = Field("cleaning", description="MONGO_DB")

@@ -24,6 +24,7 @@ from pydantic import ValidationError
 from pymongo.errors import DuplicateKeyError, PyMongoError
 
 from src.core.config import Settings
+from src.core.object_storage import StorageUnavailable
 from src.core.storage import Storage, TooLarge
 from src.data.formats import INPUT_SUFFIXES, OutputFormat
 from src.data.options import CleaningOptions
@@ -68,7 +69,10 @@ class IdempotencyConflict(SubmitError):
 
 
 class Unavailable(SubmitError):
-    """The store or the broker is down: nothing was created; retry later."""
+    """The store, the broker or the object store is down: nothing was created; retry later."""
+
+
+OBJECT_STORE_DOWN = "object store unavailable: job not created; retry later"
 
 
 class InvalidCallback(SubmitError):
@@ -120,6 +124,9 @@ def save_upload(
         raise UploadTooLarge(
             f"upload exceeds MAX_UPLOAD_MB ({settings.max_upload_mb} MB)"
         ) from None
+    except StorageUnavailable as exc:  # nothing reached it, so there is nothing to remove
+        log.warning("submit: %s", exc)
+        raise Unavailable(OBJECT_STORE_DOWN) from None
     except BaseException:
         layout.remove_job(files, job_id)
         raise
@@ -134,6 +141,9 @@ def find_source(files: Storage, source: str) -> str:
         raise BadSource(str(exc)) from None
     except FileNotFoundError as exc:
         raise SourceNotFound(str(exc)) from None
+    except StorageUnavailable as exc:
+        log.warning("submit: %s", exc)
+        raise Unavailable(OBJECT_STORE_DOWN) from None
 
 
 def check_callback(url: str | None, allow_private: bool) -> None:

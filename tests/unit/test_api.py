@@ -644,9 +644,9 @@ async def test_events_of_a_finished_job(api: Api) -> None:
 
 
 async def test_multipart_callback_url(api: Api) -> None:
-    r = await api.upload(callback_url="https://example.org/hook")
+    r = await api.upload(callback_url="https://93.184.215.14/hook")
     assert r.status_code == 202, r.text
-    assert r.json()["callback_url"] == "https://example.org/hook"
+    assert r.json()["callback_url"] == "https://93.184.215.14/hook"
 
 
 @pytest.mark.parametrize("url", ["not a url", "file:///etc/passwd"])
