@@ -8,6 +8,7 @@ import socket
 from functools import lru_cache
 
 from celery import Task
+from celery.exceptions import SoftTimeLimitExceeded
 from celery.signals import worker_init, worker_process_init
 from pymongo.errors import PyMongoError
 
@@ -54,6 +55,7 @@ def context() -> JobContext:
         worker=f"{socket.gethostname()}:{os.getpid()}",
         senders=SENDERS,
         events=JobMetrics(),
+        interruptions=(SoftTimeLimitExceeded,),
     )
 
 
