@@ -44,7 +44,9 @@ def celery_app() -> Celery:
         broker_connection_retry_on_startup=True,
         broker_connection_timeout=timeout,
         broker_transport_options={
-            "visibility_timeout": 3600,
+            # Longer than a task may run (JOB_TIME_LIMIT_SECONDS and its hard-limit
+            # margin): Redis must not hand a running task to a second worker.
+            "visibility_timeout": max(3600, int(settings.job_time_limit_seconds * 1.2) + 120),
             "socket_connect_timeout": timeout,
             "socket_timeout": timeout,
         },

@@ -14,15 +14,61 @@ import socket
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path, PurePosixPath
-from typing import BinaryIO, cast
+from typing import TYPE_CHECKING, BinaryIO, cast
 from urllib.parse import urlsplit
 
 from src.core.processes import pid_alive
 from src.core.storage import COPY_CHUNK, Hashing, Storage
 
+if TYPE_CHECKING:
+    from urllib3 import PoolManager
+
 # S3 multipart upload chunk: the most a streaming upload buffers (S3's minimum is 5 MB).
 UPLOAD_CHUNK = 8 << 20
 NO_SUCH_OBJECT = frozenset({"NoSuchKey", "NoSuchObject", "NotFound"})
+# The MinIO client's own settings, but for the connect timeout: its five minutes, times its
+# six tries, would hold a request for half an hour when the store's host does not answer.
+CONNECT_TIMEOUT_SECONDS = 5.0
+READ_TIMEOUT_SECONDS = 300.0
+
+
+class StorageUnavailable(Exception):
+    """The object store cannot be reached (refused, unknown host, timed out, 5xx) after the
+    client's retries: nothing was stored; retry later.
+
+    Not an OSError: callers that treat an OSError as a bad file must not take an outage
+    for one.
+    """
+
+
+@contextlib.contextmanager
+def _reachable(what: str) -> Iterator[None]:
+    """Turn the MinIO client's transport failures and server errors into StorageUnavailable."""
+    from minio.error import S3Error, ServerError
+    from urllib3.exceptions import HTTPError
+
+    try:
+        yield
+    except (HTTPError, ServerError) as exc:
+        raise StorageUnavailable(f"object store unreachable ({what}): {exc}") from exc
+    except S3Error as exc:
+        if getattr(exc.response, "status", 0) < 500:
+            raise  # an answer about the request (no such key, access denied): not an outage
+        raise StorageUnavailable(f"object store unavailable ({what}): {exc.code}") from exc
+
+
+def _http_client() -> PoolManager:
+    """The pool the MinIO client would make, with a connect timeout that fails fast."""
+    import certifi
+    from urllib3 import PoolManager, Retry, Timeout
+
+    return PoolManager(
+        timeout=Timeout(connect=CONNECT_TIMEOUT_SECONDS, read=READ_TIMEOUT_SECONDS),
+        maxsize=10,
+        cert_reqs="CERT_REQUIRED",
+        ca_certs=os.environ.get("SSL_CERT_FILE") or certifi.where(),
+        retries=Retry(total=5, backoff_factor=0.2, status_forcelist=[500, 502, 503, 504]),
+    )
 
 
 class ObjectStorage(Storage):
@@ -57,6 +103,7 @@ class ObjectStorage(Storage):
             secret_key=secret_key or None,
             secure=endpoint_parts.scheme == "https",
             region=region or None,
+            http_client=_http_client(),
         )
         self.scratch = scratch
         self.description = f"bucket {url} at {endpoint}"
@@ -66,8 +113,9 @@ class ObjectStorage(Storage):
 
     def prepare(self) -> None:
         """Create the bucket if missing (compose's MinIO starts empty)."""
-        if not self.client.bucket_exists(self.bucket):
-            self.client.make_bucket(self.bucket)
+        with _reachable("bucket"):
+            if not self.client.bucket_exists(self.bucket):
+                self.client.make_bucket(self.bucket)
 
     def _scratch_file(self, suffix: str) -> Path:
         self.scratch.mkdir(parents=True, exist_ok=True)
@@ -80,7 +128,8 @@ class ObjectStorage(Storage):
         from minio.error import S3Error
 
         try:
-            return self.client.stat_object(self.bucket, self.key(rel)).size
+            with _reachable("stat"):
+                return self.client.stat_object(self.bucket, self.key(rel)).size
         except S3Error as exc:
             if exc.code in NO_SUCH_OBJECT:
                 return None
@@ -90,15 +139,16 @@ class ObjectStorage(Storage):
         from minio.error import S3Error
 
         try:
-            response = self.client.get_object(
-                self.bucket, self.key(rel), offset=offset, length=length
-            )
+            with _reachable("download"):
+                response = self.client.get_object(
+                    self.bucket, self.key(rel), offset=offset, length=length
+                )
         except S3Error as exc:
             if exc.code in NO_SUCH_OBJECT:
                 raise FileNotFoundError(f"no such object: {rel}") from None
             raise
         try:
-            with target.open("wb") as out:
+            with target.open("wb") as out, _reachable("download"):
                 for data in response.stream(COPY_CHUNK):
                     out.write(data)
         finally:
@@ -131,7 +181,10 @@ class ObjectStorage(Storage):
         try:
             yield local
             # One PUT (or a multipart upload completed at once): readers never see half a file.
-            self.client.fput_object(self.bucket, self.key(rel), str(local), part_size=UPLOAD_CHUNK)
+            with _reachable("upload"):
+                self.client.fput_object(
+                    self.bucket, self.key(rel), str(local), part_size=UPLOAD_CHUNK
+                )
         finally:
             shutil.rmtree(folder, ignore_errors=True)
 
@@ -143,9 +196,11 @@ class ObjectStorage(Storage):
         return None
 
     def iter_bytes(self, rel: str, chunk: int = COPY_CHUNK) -> Iterator[bytes]:
-        response = self.client.get_object(self.bucket, self.key(rel))
+        with _reachable("download"):
+            response = self.client.get_object(self.bucket, self.key(rel))
         try:
-            yield from response.stream(chunk)
+            with _reachable("download"):
+                yield from response.stream(chunk)
         finally:
             response.close()
             response.release_conn()
@@ -153,13 +208,16 @@ class ObjectStorage(Storage):
     def save_stream(self, rel: str, stream: BinaryIO, limit: int) -> tuple[str, int]:
         reader = Hashing(stream, limit)
         try:
-            self.client.put_object(
-                self.bucket,
-                self.key(rel),
-                cast(BinaryIO, reader),
-                length=-1,
-                part_size=UPLOAD_CHUNK,
-            )
+            with _reachable("upload"):
+                self.client.put_object(
+                    self.bucket,
+                    self.key(rel),
+                    cast(BinaryIO, reader),
+                    length=-1,
+                    part_size=UPLOAD_CHUNK,
+                )
+        except StorageUnavailable:
+            raise  # nothing reached the store; a removal would only wait on it again
         except BaseException:
             with contextlib.suppress(Exception):
                 self.remove(rel)
@@ -172,7 +230,8 @@ class ObjectStorage(Storage):
         return rel
 
     def remove(self, rel: str) -> None:
-        self.client.remove_object(self.bucket, self.key(rel))
+        with _reachable("remove"):
+            self.client.remove_object(self.bucket, self.key(rel))
 
     def remove_tree(self, rel_prefix: str) -> None:
         from minio.deleteobjects import DeleteObject
@@ -183,8 +242,9 @@ class ObjectStorage(Storage):
         errors = self.client.remove_objects(
             self.bucket, (DeleteObject(o.object_name) for o in objects if o.object_name)
         )
-        for error in errors:  # the deletion runs as this iterates
-            raise OSError(f"cannot remove {error.name}: {error.message}")
+        with _reachable("remove"):
+            for error in errors:  # the listing and the deletion run as this iterates
+                raise OSError(f"cannot remove {error.name}: {error.message}")
 
     def discard_partial(self, prefix: str) -> None:
         """Nothing: an object appears whole (one PUT, or a multipart upload completed at

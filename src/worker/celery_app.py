@@ -11,9 +11,10 @@ from __future__ import annotations
 
 from src.core import broker
 from src.core.config import get_settings
-from src.worker import multiproc
+from src.worker import kombu_guard, multiproc
 
 multiproc.configure()
+kombu_guard.apply()  # kombu 5.7.0 can kill the worker when Redis restarts
 app = broker.celery_app()
 app.conf.update(
     # The exporter first: it checks that prometheus_client saw the multiprocess directory.

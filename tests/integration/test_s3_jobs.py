@@ -2,7 +2,8 @@
 
 Its own stacks (Redis, store, workers, API) with STORAGE_URL set: inputs and results
 must go to the bucket and never to DATA_DIR, and the results must be byte for byte
-what the `clean-data` command writes for the same file.
+what the `clean-data` command writes for the same file. And with the store gone, the API
+answers 503 and keeps nothing.
 """
 
 from __future__ import annotations
@@ -14,10 +15,11 @@ from pathlib import Path
 
 import httpx
 import pytest
+import redis
 
-from tests.integration.conftest import stack_or_skip, upload, wait_job
+from tests.integration.conftest import BUCKET, stack_or_skip, unavailable, upload, wait_job
 from tests.support.inputs import make_input
-from tests.support.services import VENV_BIN, S3Bucket, Stack, stop
+from tests.support.services import VENV_BIN, S3Bucket, S3Server, ServiceUnavailable, Stack, stop
 
 PREFIX = "svc"
 SPLIT_PREFIX = "svc-split"
@@ -170,3 +172,62 @@ def test_split_job_matches_cli(
     # the parts are gone once merged; only the input and the result stay
     assert job_keys(s3, SPLIT_PREFIX, done["id"]) == {"input.csv", "result.csv"}
     assert files_under(split_stack.data_dir) == []
+
+
+DOWN_PREFIX = "svc-down"
+
+
+@pytest.fixture(scope="module")
+def down_store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
+    """An S3 server of this module's own: the test stops it (the shared one serves others)."""
+    try:
+        server = S3Server.start(tmp_path_factory.mktemp("s3down"))
+    except ServiceUnavailable as exc:
+        unavailable("S3 server (moto_server)", exc)
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def test_object_store_down_503_leaves_nothing(
+    tmp_path_factory: pytest.TempPathFactory, down_store: S3Server, sample_path: Path
+) -> None:
+    """With the object store gone, a submission (upload or source) and a download answer 503
+    with Retry-After, and nothing is left: no job, no task, no file."""
+    bucket = down_store.bucket(BUCKET)
+    workdir = tmp_path_factory.mktemp("s3down-stack")
+    with stack_or_skip(workdir, MONGO_DB="s3down", **bucket.env(DOWN_PREFIX)) as stack:
+        worker = stack.start_worker("down", concurrency=1)
+        proc, base = stack.start_api()
+        try:
+            with httpx.Client(base_url=base, timeout=120) as api:
+                r = upload(api, sample_path)
+                assert r.status_code == 202, r.text
+                done = wait_job(api, r.json()["id"])
+                assert done["status"] == "succeeded", done
+                stop(worker)  # from here on, a task sent would stay in the queue
+                jobs_before = api.get("/jobs", params={"limit": 200}).json()["items"]
+
+                down_store.stop()
+                refused = [
+                    upload(api, sample_path),
+                    api.post("/jobs/clean", json={"source": "raw/X_test.csv"}),
+                    api.get(f"/jobs/{done['id']}/result"),
+                ]
+                for r in refused:
+                    assert r.status_code == 503, r.text
+                    assert int(r.headers["retry-after"]) > 0
+                    assert r.headers["content-type"] == "application/problem+json"
+                    problem = r.json()
+                    assert problem["type"] == "/problems/service-unavailable", problem
+                    assert "object store unavailable" in problem["detail"], problem
+
+                assert api.get("/jobs", params={"limit": 200}).json()["items"] == jobs_before
+                assert api.get("/ready").status_code == 200  # MongoDB and Redis still answer
+        finally:
+            stop(proc)
+            stop(worker)
+        queued = redis.Redis.from_url(stack.redis.url).llen("cleaning")
+        assert queued == 0, "a task was sent for a refused submission"
+        assert files_under(stack.data_dir) == []  # no upload spooled or copied to DATA_DIR

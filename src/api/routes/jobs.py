@@ -23,6 +23,7 @@ from src.api.ratelimit import StreamSlots
 from src.api.routes.submit import job_response
 from src.api.schemas import EXAMPLE_ID
 from src.core import instruments
+from src.core.object_storage import StorageUnavailable
 from src.data.formats import MEDIA_TYPES
 from src.jobs import layout
 from src.jobs.model import JOB_ID, TERMINAL, Job, JobStatus
@@ -136,7 +137,11 @@ async def get_result(
         raise ApiError(
             errors.JOB_STATE, f"job is {doc['status']}; the result is available once it succeeded"
         )
-    size = await asyncio.to_thread(files.size, result)
+    try:
+        size = await asyncio.to_thread(files.size, result)
+    except StorageUnavailable:  # an outage, not a fault of this request: retry later
+        detail = "object store unavailable; retry later"
+        raise ApiError(errors.UNAVAILABLE, detail, errors.RETRY_LATER) from None
     if size is None:
         raise ApiError(errors.RESULT_GONE, f"result of job {job_id} is gone (expired or removed)")
     fmt = doc["output_format"]
