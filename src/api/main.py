@@ -13,6 +13,7 @@ from pymongo.errors import PyMongoError
 from src.api import monitoring, openapi
 from src.api.docs_ui import install_docs
 from src.api.errors import BodyGuard, install_error_handlers
+from src.api.logcontext import install_log_context
 from src.api.routes import health, jobs, problems, submit
 from src.core import broker
 from src.core.config import Settings, get_settings
@@ -99,6 +100,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(problems.router)
     openapi.install(app)
     install_docs(app)
+    install_log_context(app)
     state = monitoring.instrument(app, settings)
     app.add_middleware(BodyGuard, limit=settings.max_upload_bytes + (1 << 20))
     return app

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import socket
+from contextlib import AbstractContextManager
 from functools import lru_cache
 
 from celery import Task
@@ -14,7 +15,7 @@ from pymongo.errors import PyMongoError
 
 from src.core import broker
 from src.core.config import get_settings
-from src.core.logging import setup_logging
+from src.core.logging import log_context, setup_logging
 from src.core.storage import Storage, open_storage
 from src.data.lossy import french_words
 from src.jobs import callbacks, merge, parts, run
@@ -52,11 +53,30 @@ def context() -> JobContext:
         store=store(),
         settings=get_settings(),
         files=files(),
-        worker=f"{socket.gethostname()}:{os.getpid()}",
+        worker=worker_name(),
         senders=SENDERS,
         events=JobMetrics(),
         interruptions=(SoftTimeLimitExceeded,),
     )
+
+
+def worker_name() -> str:
+    """This process as job documents name it: `host:pid`."""
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def _owner(job_id: str) -> str | None:
+    """The name of the API key that created the job, for the log context (best effort)."""
+    try:
+        doc = store().get(job_id)
+    except PyMongoError:
+        return None  # the task's own read will meet the outage and retry
+    return doc.get("owner") if doc else None
+
+
+def _job_log(job_id: str, part: str | None = None) -> AbstractContextManager[None]:
+    """Log lines of a task's body carry its job, part, owner and worker."""
+    return log_context(job_id=job_id, part=part, owner=_owner(job_id), worker=worker_name())
 
 
 @worker_process_init.connect
@@ -100,35 +120,41 @@ def _after(task: Task, outcome: Outcome, job_id: str) -> str:
 
 @app.task(name=broker.CLEAN_TASK, **JOB_TASK)
 def clean(self: Task, job_id: str) -> str:
-    return _after(self, run.run_job(context(), job_id), job_id)
+    with _job_log(job_id):
+        return _after(self, run.run_job(context(), job_id), job_id)
 
 
 @app.task(name=broker.PART_TASK, **JOB_TASK)
 def clean_part(self: Task, part_id: str) -> str:
     """One byte range of a split job's input."""
-    return _after(self, parts.run_part(context(), part_id), job_of_part(part_id))
+    job_id = job_of_part(part_id)
+    with _job_log(job_id, part=part_id.rpartition(".")[2]):
+        return _after(self, parts.run_part(context(), part_id), job_id)
 
 
 @app.task(name=broker.MERGE_TASK, **JOB_TASK)
 def merge_parts(self: Task, job_id: str) -> str:
     """The last step of a split job: its parts, in order, into one result."""
-    return _after(self, merge.run_merge(context(), job_id), job_id)
+    with _job_log(job_id):
+        return _after(self, merge.run_merge(context(), job_id), job_id)
 
 
 @app.task(name=broker.CALLBACK_TASK, bind=True, max_retries=None)
 def callback(self: Task, job_id: str) -> bool:
-    try:
-        return callbacks.deliver_callback(store(), get_settings(), job_id)
-    except callbacks.CallbackFailed as exc:
-        final = exc.final or self.request.retries >= get_settings().callback_retries
-        callbacks.record_failure(store(), job_id, str(exc), final)
-        if final:
-            log.warning("job %s: callback given up: %s", job_id, exc)
-            return False
-        raise self.retry(countdown=min(2**self.request.retries, 60)) from exc
+    with _job_log(job_id):
+        try:
+            return callbacks.deliver_callback(store(), get_settings(), job_id)
+        except callbacks.CallbackFailed as exc:
+            final = exc.final or self.request.retries >= get_settings().callback_retries
+            callbacks.record_failure(store(), job_id, str(exc), final)
+            if final:
+                log.warning("job %s: callback given up: %s", job_id, exc)
+                return False
+            raise self.retry(countdown=min(2**self.request.retries, 60)) from exc
 
 
 @app.task(name=broker.SWEEP_TASK, autoretry_for=(PyMongoError,), max_retries=3)
 def sweep() -> dict[str, int]:
-    result = sweep_jobs(context())
+    with log_context(worker=worker_name()):
+        result = sweep_jobs(context())
     return {k: len(v) for k, v in vars(result).items()}
