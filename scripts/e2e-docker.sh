@@ -11,10 +11,16 @@
 #  3. builds the api, ml-worker and clean-data images, and CI stand-ins for redis and
 #     MongoDB (Debian's redis-server, PyPI's nx-27017);
 #  4. runs the clean-data image on the real sample (input read-only), then the guide's
-#     docker-compose-etl.yml, and checks the cleaned files and reports;
-#  5. brings up api + 2 ml-workers + beat + redis + store with the production compose
-#     files (plus scripts/e2e-docker/compose.ci.yml), submits the sample through the
-#     API's published port, waits for `succeeded`, checks the result; compose down;
+#     docker-compose-etl.yml, and checks the cleaned files and reports; missing data
+#     folders make it fail without Docker creating them;
+#  5. copies the repository as a fresh clone has it (no .env, no data/), fills in only
+#     the core secrets of .env.example and runs `docker compose up -d --wait` there (plus
+#     scripts/e2e-docker/compose.ci.yml, --scale ml-worker=2): exactly api, 2 ml-workers,
+#     beat, redis and the store start and stay up, every port on 127.0.0.1, no data/
+#     made, .env's settings and the worker bounds in the containers; submits the sample
+#     through the API's published port, waits for `succeeded`, checks the result; with
+#     STORAGE_URL set and no object store, an upload and a download answer 503 with
+#     Retry-After and leave nothing; runs the ETL from the root file; compose down;
 #  6. prints each image's size and its size above the base image, and fails when the
 #     API or a worker image outgrows its limit.
 #
@@ -106,6 +112,11 @@ ln -s "$ROOT/.venv/bin/docker-compose" "$DOCKER_CONFIG/cli-plugins/docker-compos
 compose() {
   "$DOCKER" compose -p e2e-cleaning --project-directory "$ROOT" --env-file "$WORK/ci.env" "$@"
 }
+CLONE="$WORK/clone"
+app() { # the application in the fresh clone, with the clone's .env (section 5)
+  "$DOCKER" compose -p e2e-cleaning --project-directory "$CLONE" \
+    -f "$CLONE/docker-compose.yml" -f "$HERE/compose.ci.yml" "$@"
+}
 
 unmount_under() { # lazily unmount whatever is still mounted below $1, deepest first
   local dir=$1
@@ -118,10 +129,11 @@ cleanup() {
   set +e
   if [ -n "$COMPOSE_UP" ] && [ "$rc" != 0 ]; then
     log "logs of the composed services (last lines):"
-    compose -f docker-compose.yml -f "$HERE/compose.ci.yml" logs --no-color --tail 40 2>&1 | tail -n 200
+    app ps -a 2>&1
+    app logs --no-color --tail 40 2>&1 | tail -n 200
   fi
   if [ -n "$COMPOSE_UP" ]; then
-    compose -f docker-compose.yml -f "$HERE/compose.ci.yml" down -v --remove-orphans -t 20 >/dev/null 2>&1
+    app down -v --remove-orphans -t 20 >/dev/null 2>&1
   fi
   if [ -n "$DOCKERD_PID" ] && kill -0 "$DOCKERD_PID" 2>/dev/null; then
     if [ "$CACHE_DIR" != none ] && [ "$rc" = 0 ]; then # keep the cache bounded
@@ -356,42 +368,81 @@ compose -f docker-compose-etl.yml down >/dev/null 2>&1
 cmp -s "$WORK/etl/cleaned/rakuten_sample.csv" "$WORK/etl-compose/cleaned/rakuten_sample.csv" ||
   die "docker-compose-etl.yml did not write the same cleaned file"
 pass "docker-compose-etl.yml: service cleaning wrote the same cleaned file"
+# Folders that do not exist: an error, never folders Docker creates (owned by root).
+printf 'CLEANING_RAW_DIR=%s\nCLEANING_CLEANED_DIR=%s\n' "$WORK/absent/raw" "$WORK/absent/cleaned" >"$WORK/ci.env"
+if compose -f docker-compose-etl.yml up --no-build --abort-on-container-exit \
+  --exit-code-from cleaning >"$WORK/etl-absent.log" 2>&1; then
+  die "docker-compose-etl.yml ran without its data folders"
+fi
+compose -f docker-compose-etl.yml down >/dev/null 2>&1
+grep -q 'does not exist' "$WORK/etl-absent.log" || { cat "$WORK/etl-absent.log"; die "no reason given"; }
+[ ! -e "$WORK/absent" ] || die "docker-compose-etl.yml created the missing data folders"
+pass "docker-compose-etl.yml: missing data folders are an error, and none is created"
 
-# --- 5. the job service, composed --------------------------------------------------------
+# --- 5. the job service, from a fresh clone ----------------------------------------------
+# What a clone holds: the tracked files and the new ones not ignored (no .env, no data/).
+mkdir -p "$CLONE"
+git -C "$ROOT" ls-files -z --cached --others --exclude-standard |
+  while IFS= read -r -d '' f; do [ -f "$ROOT/$f" ] && printf '%s\0' "$f"; done |
+  (cd "$ROOT" && xargs -0 cp --parents -t "$CLONE")
+[ -f "$CLONE/docker-compose.yml" ] && [ ! -e "$CLONE/.env" ] && [ ! -e "$CLONE/data" ] ||
+  die "the copy of the repository as a fresh clone has it"
+untracked=$(git -C "$ROOT" ls-files --others --exclude-standard | tr '\n' ' ')
+[ -z "$untracked" ] || log "note: not in git yet, copied all the same (a clone lacks them): $untracked"
 free_port() { python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
+secret() { od -An -N16 -tx1 /dev/urandom | tr -d ' \n'; }
 API_PORT=$(free_port)
-API_KEY=e2e-$(od -An -N12 -tx1 /dev/urandom | tr -d ' \n')
-cat >"$WORK/ci.env" <<EOF
-MONGO_ROOT_USERNAME=e2e
-MONGO_ROOT_PASSWORD=$(od -An -N16 -tx1 /dev/urandom | tr -d ' \n')
-REDIS_PASSWORD=$(od -An -N16 -tx1 /dev/urandom | tr -d ' \n')
-CLEANING_API_KEYS=$API_KEY
-GRAFANA_ADMIN_PASSWORD=$(od -An -N16 -tx1 /dev/urandom | tr -d ' \n')
-MINIO_ROOT_USER=e2e
-MINIO_ROOT_PASSWORD=$(od -An -N16 -tx1 /dev/urandom | tr -d ' \n')
-SPLIT_ABOVE_MB=0.1
-PART_MB=0.02
-API_BIND=127.0.0.1
-API_PORT=$API_PORT
-MONGO_PORT=$(free_port)
-REDIS_PORT=$(free_port)
-EOF
+API_KEY=e2e-$(secret)
+# The quick start: copy .env.example and fill in the core secrets, nothing else (the
+# optional components' secrets stay empty). Then ports free on this machine, tiny parts
+# (the sample becomes a split job) and two settings off their defaults, to see them
+# reach the containers.
+sed -e "s/^MONGO_ROOT_USERNAME=\$/MONGO_ROOT_USERNAME=e2e/" \
+  -e "s/^MONGO_ROOT_PASSWORD=\$/MONGO_ROOT_PASSWORD=$(secret)/" \
+  -e "s/^REDIS_PASSWORD=\$/REDIS_PASSWORD=$(secret)/" \
+  -e "s/^CLEANING_API_KEYS=\$/CLEANING_API_KEYS=e2e:$API_KEY/" \
+  "$CLONE/.env.example" >"$CLONE/.env"
+{
+  echo "API_PORT=$API_PORT"
+  echo "MONGO_PORT=$(free_port)"
+  echo "REDIS_PORT=$(free_port)"
+  echo "SPLIT_ABOVE_MB=0.1"
+  echo "PART_MB=0.02"
+  echo "JOB_RETENTION_HOURS=48"
+  echo "MAX_ATTEMPTS=4"
+} >>"$CLONE/.env"
 COMPOSE_UP=1
 t0=$(date +%s)
-compose -f docker-compose.yml -f "$HERE/compose.ci.yml" up -d --wait --no-build \
-  --scale ml-worker=2 api ml-worker beat >"$WORK/compose-up.log" 2>&1 ||
-  { tail -n 30 "$WORK/compose-up.log"; die "docker compose up (api, 2 ml-workers, beat, redis, store)"; }
-pass "compose: api, 2 ml-workers, beat, redis and the store up and healthy in $(($(date +%s) - t0))s"
+# The quick start's `docker compose up -d --build`; the images are built above (compose
+# cannot build with BuildKit here), hence --no-build.
+app up -d --wait --no-build --scale ml-worker=2 >"$WORK/compose-up.log" 2>&1 ||
+  { tail -n 30 "$WORK/compose-up.log"; die "docker compose up in the fresh clone"; }
+pass "fresh clone: docker compose up -d --wait with only the core secrets in .env ($(($(date +%s) - t0))s)"
+app ps -a --format json >"$WORK/ps.json"
+mapfile -t CONTAINERS < <(app ps -aq)
+"$DOCKER" inspect "${CONTAINERS[@]}" >"$WORK/inspect.json"
+settings='import json, tempfile; from src.core.config import Settings
+print(json.dumps({**Settings().model_dump(mode="json"), "tmpdir": tempfile.gettempdir()}))'
+app exec -T api python -c "$settings" >"$WORK/settings-api.json" || die "settings of api"
+app exec -T --index 1 ml-worker python -c "$settings" >"$WORK/settings-ml-worker.json" ||
+  die "settings of ml-worker"
+"$VENV_PY" "$HERE/checks.py" stack "$WORK" "$API_PORT" || die "the fresh clone's containers"
+[ ! -e "$CLONE/data" ] || die "compose up created $CLONE/data"
+pass "fresh clone: no data/ folder created"
+
 "$VENV_PY" "$HERE/checks.py" job "http://127.0.0.1:$API_PORT" "$API_KEY" "$SAMPLE" \
   "$WORK/etl/cleaned/rakuten_sample.csv" || die "job through the composed containers"
 pass "compose: the real sample cleaned as a job through the API's published port"
 # SPLIT_ABOVE_MB=0.1 made it a split job (~19 parts): both ml-worker containers took parts.
-compose -f docker-compose.yml -f "$HERE/compose.ci.yml" logs --no-color ml-worker >"$WORK/parts.log" 2>&1
+app logs --no-color ml-worker >"$WORK/parts.log" 2>&1
 containers=$(grep -E ': part [0-9]+/[0-9]+ claimed by' "$WORK/parts.log" | cut -d'|' -f1 | sort -u | wc -l)
 [ "$containers" -ge 2 ] || die "the split job's parts ran in $containers ml-worker container(s), not 2"
 pass "compose: one job's parts cleaned by both ml-worker containers (--scale ml-worker=2), merged"
+[ "$(grep -c 'concurrency: 2 (prefork)' "$WORK/parts.log")" = 2 ] ||
+  die "the ml-worker containers do not run 2 pool processes each"
+pass "compose: each ml-worker runs WORKER_CONCURRENCY=2 pool processes (the default)"
 swept() {
-  compose -f docker-compose.yml -f "$HERE/compose.ci.yml" logs ml-worker >"$WORK/workers.log" 2>&1
+  app logs ml-worker >"$WORK/workers.log" 2>&1
   grep -q 'Task sweep\[.*\] succeeded' "$WORK/workers.log"
 }
 for _ in $(seq 1 60); do # beat sends `sweep` every SWEEP_INTERVAL_SECONDS (15 s)
@@ -400,8 +451,44 @@ for _ in $(seq 1 60); do # beat sends `sweep` every SWEEP_INTERVAL_SECONDS (15 s
 done
 swept || die "no sweep sent by beat ran on a worker"
 pass "compose: beat's periodic sweep ran on a worker"
-compose -f docker-compose.yml -f "$HERE/compose.ci.yml" down -v --remove-orphans -t 30 \
-  >"$WORK/compose-down.log" 2>&1 || { cat "$WORK/compose-down.log"; die "docker compose down"; }
+# Memory of each ml-worker container after those jobs: the cgroup's peak (page cache
+# included) and the sum of its processes' own peaks (VmHWM).
+peaks='import glob, os, pathlib, re
+hwm = sum(int(m[1]) for f in glob.glob("/proc/[0-9]*/status") if f != f"/proc/{os.getpid()}/status"
+          if (m := re.search(r"VmHWM:\s+(\d+) kB", pathlib.Path(f).read_text())))
+cgroup = [p for p in ("/sys/fs/cgroup/memory/memory.max_usage_in_bytes",
+                      "/sys/fs/cgroup/memory.peak") if pathlib.Path(p).exists()]
+peak = int(pathlib.Path(cgroup[0]).read_text()) >> 20 if cgroup else "?"
+print(f"cgroup_peak_mb={peak} processes_peak_rss_mb={hwm >> 10}")'
+for i in 1 2; do
+  log "ml-worker $i memory: $(app exec -T --index "$i" ml-worker python -c "$peaks")"
+done
+
+# The object store unreachable: STORAGE_URL set, and at its endpoint a host that answers
+# but no server (connection refused). (`minio` itself, not started, fails the same way,
+# but a name lookup here waits 10 s for a DNS server this machine cannot reach.)
+files_on_volume() { app exec -T api sh -c 'find /data -type f | wc -l'; }
+before=$(files_on_volume)
+CLEANING_STORAGE_URL=s3://cleaning/jobs CLEANING_S3_ENDPOINT_URL=http://beat:9000 \
+  app up -d --no-deps --wait api >"$WORK/api-s3.log" 2>&1 ||
+  { tail -n 30 "$WORK/api-s3.log"; die "api with STORAGE_URL"; }
+"$VENV_PY" "$HERE/checks.py" unavailable "http://127.0.0.1:$API_PORT" "$API_KEY" "$SAMPLE" ||
+  die "the object store unreachable"
+[ "$(files_on_volume)" = "$before" ] || die "a refused upload left a file on the data volume"
+pass "compose: object store unreachable → 503 with Retry-After, no job, no file"
+
+# The ETL from the root file: its profile is off, `run` starts it all the same.
+mkdir -p "$CLONE/data/raw" "$CLONE/data/cleaned"
+cp "$SAMPLE" "$CLONE/data/raw/"
+chown 1000 "$CLONE/data/cleaned" # the user's own folder; the image's user is uid 1000
+app run --rm --no-deps cleaning >"$WORK/etl-root.log" 2>&1 ||
+  { tail -n 30 "$WORK/etl-root.log"; die "docker compose run --rm cleaning"; }
+cmp -s "$WORK/etl/cleaned/rakuten_sample.csv" "$CLONE/data/cleaned/rakuten_sample.csv" ||
+  die "docker compose run --rm cleaning did not write the same cleaned file"
+pass "fresh clone: docker compose run --rm cleaning (profile etl) cleaned data/raw into data/cleaned"
+
+app down -v --remove-orphans -t 30 >"$WORK/compose-down.log" 2>&1 ||
+  { cat "$WORK/compose-down.log"; die "docker compose down"; }
 COMPOSE_UP=""
 pass "compose: down"
 

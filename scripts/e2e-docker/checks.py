@@ -1,7 +1,9 @@
 """Checks of scripts/e2e-docker.sh against the running containers (host side).
 
     python scripts/e2e-docker/checks.py etl RAW_DIR CLEANED_DIR
+    python scripts/e2e-docker/checks.py stack WORK_DIR API_PORT
     python scripts/e2e-docker/checks.py job BASE_URL API_KEY SAMPLE EXPECTED_CSV
+    python scripts/e2e-docker/checks.py unavailable BASE_URL API_KEY SAMPLE
 
 Each prints one line per check passed (`ok: ...`) and exits non-zero, naming what
 failed, at the first failure.
@@ -20,6 +22,9 @@ import httpx
 
 SAMPLE_ROWS = 672
 TEXT_COLUMNS = ("designation", "description")
+# What `docker compose up -d` starts in a fresh clone (--scale ml-worker=2).
+CORE = {"api": 1, "ml-worker": 2, "beat": 1, "mongodb": 1, "redis": 1}
+APP = ("api", "ml-worker", "beat")
 
 
 class CheckFailed(AssertionError):
@@ -68,6 +73,130 @@ def etl(raw_dir: str, cleaned_dir: str) -> None:
     expect(cleaned.is_file() and report.is_file(), f"etl: {cleaned.name} and its report written")
     check_cleaned(raw.read_bytes(), cleaned.read_bytes(), "etl")
     check_report(json.loads(report.read_text(encoding="utf-8")), "etl")
+
+
+def read_json_lines(path: Path) -> list[dict]:
+    """`docker compose ps --format json`: one object per line (or one array, before 2.21)."""
+    text = path.read_text().strip()
+    if text.startswith("["):
+        return json.loads(text)
+    return [json.loads(line) for line in text.splitlines() if line.strip()]
+
+
+def stack(work_dir: str, api_port: str) -> None:
+    """The fresh clone's `docker compose up -d`: what runs, how it is published and bounded,
+    and which settings reached the application."""
+    work = Path(work_dir)
+    ps = read_json_lines(work / "ps.json")
+    started: dict[str, int] = {}
+    for c in ps:
+        started[c["Service"]] = started.get(c["Service"], 0) + 1
+    expect(started == CORE, "up: api, 2 ml-workers, beat, mongodb, redis and nothing else", ps)
+    down = [c for c in ps if c["State"] != "running" or c.get("ExitCode", 0) != 0]
+    expect(not down, "up: every container running, none exited", down)
+    sick = [c["Name"] for c in ps if c.get("Health") not in ("", "healthy")]
+    expect(not sick, "up: every health check passing", sick)
+
+    inspect = json.loads((work / "inspect.json").read_text())
+    by_service: dict[str, list[dict]] = {}
+    for c in inspect:
+        by_service.setdefault(c["Config"]["Labels"]["com.docker.compose.service"], []).append(c)
+    bindings = [
+        (c["Name"], b)
+        for c in inspect
+        for port in (c["HostConfig"]["PortBindings"] or {}).values()
+        for b in port
+    ]
+    expect(
+        bool(bindings) and all(b["HostIp"] == "127.0.0.1" for _, b in bindings),
+        f"ports: all {len(bindings)} published on 127.0.0.1 only",
+        bindings,
+    )
+    api_ports = by_service["api"][0]["NetworkSettings"]["Ports"]["8000/tcp"]
+    expect(
+        api_ports == [{"HostIp": "127.0.0.1", "HostPort": api_port}],
+        f"ports: the API on 127.0.0.1:{api_port} (API_BIND unset)",
+        api_ports,
+    )
+    for name in APP:
+        for c in by_service[name]:
+            tmp = c["HostConfig"]["Tmpfs"] or {}
+            expect(
+                c["HostConfig"]["ReadonlyRootfs"] and tmp.get("/tmp") == "size=256m",
+                f"{name}: read-only root, /tmp a 256 MB tmpfs",
+                (c["HostConfig"]["ReadonlyRootfs"], tmp),
+            )
+    for c in by_service["ml-worker"]:
+        cmd, memory = c["Config"]["Cmd"], c["HostConfig"]["Memory"]
+        expect(
+            cmd[cmd.index("-c") + 1] == "2" and memory == 1536 << 20,
+            "ml-worker: -c 2 and a 1536 MB memory limit (the defaults)",
+            (cmd, memory),
+        )
+    # An entry without "=" (a setting .env leaves unset) sets nothing: the engine drops it.
+    env = {
+        name: dict(e.split("=", 1) for e in by_service[name][0]["Config"]["Env"] if "=" in e)
+        for name in APP
+    }
+    expect(
+        "RATE_LIMIT_PER_MINUTE" not in env["api"] and "LOG_LEVEL" not in env["api"],
+        "env: a setting .env leaves unset is not passed (the code's default applies)",
+    )
+    expect(
+        "API_KEYS" in env["api"] and "API_KEYS" not in env["ml-worker"],
+        "env: the API keys go to the API only",
+    )
+
+    for name in ("api", "ml-worker"):
+        got = json.loads((work / f"settings-{name}.json").read_text())
+        wanted = {
+            "job_retention_hours": 48,
+            "max_attempts": 4,
+            "split_above_mb": 0.1,
+            "part_mb": 0.02,
+            "rate_limit_per_minute": 0,
+            "max_streams_per_key": 10,
+            "tmpdir": "/data" if name == "api" else "/tmp",
+        }
+        seen = {k: got[k] for k in wanted}
+        what = f"{name}: the settings of .env, the code's defaults for the rest"
+        expect(seen == wanted, what, seen)
+
+
+def unavailable(base_url: str, api_key: str, sample: str) -> None:
+    """STORAGE_URL names a bucket whose store is not running: 503 with Retry-After, and
+    nothing created. The upload is above 1 MB, so the API spools it to a temporary file
+    first (TMPDIR, on the data volume), which must leave nothing behind either."""
+    header, rows = Path(sample).read_bytes().split(b"\n", 1)
+    data = header + b"\n" + rows * 6
+    with httpx.Client(base_url=base_url, timeout=120, headers={"X-API-Key": api_key}) as client:
+        before = client.get("/jobs", params={"limit": 200}).raise_for_status().json()["items"]
+        done = next(j for j in before if j["status"] == "succeeded")
+        refused = {
+            "an upload": client.post(
+                "/jobs/clean", files={"file": ("rakuten_sample.csv", data, "text/csv")}
+            ),
+            "a result": client.get(f"/jobs/{done['id']}/result"),
+        }
+        for what, r in refused.items():
+            is_problem = r.headers.get("content-type") == "application/problem+json"
+            problem = r.json() if is_problem else {}
+            expect(
+                r.status_code == 503
+                and int(r.headers.get("retry-after", "0")) > 0
+                and problem.get("type") == "/problems/service-unavailable"
+                and "object store" in problem.get("detail", ""),
+                f"object store down: {what} answers 503 service-unavailable with Retry-After"
+                + (f" ({len(data) >> 10} kB)" if what == "an upload" else ""),
+                f"{r.status_code} {r.headers} {r.text}",
+            )
+        after = client.get("/jobs", params={"limit": 200}).raise_for_status().json()["items"]
+        expect(
+            [j["id"] for j in after] == [j["id"] for j in before],
+            "object store down: no job created",
+        )
+        ready = client.get("/ready")
+        expect(ready.status_code == 200, "object store down: /ready (MongoDB, Redis) still 200")
 
 
 def wait_job(client: httpx.Client, job_id: str, timeout: float = 180) -> dict:
@@ -132,7 +261,7 @@ def job(base_url: str, api_key: str, sample: str, expected_csv: str) -> None:
 
 
 def main(argv: list[str]) -> int:
-    commands = {"etl": etl, "job": job}
+    commands = {"etl": etl, "stack": stack, "job": job, "unavailable": unavailable}
     if not argv or argv[0] not in commands:
         print(__doc__, file=sys.stderr)
         return 2

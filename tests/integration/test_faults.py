@@ -49,7 +49,7 @@ def fstack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
 @pytest.fixture(scope="module")
 def fapi(fstack: Stack) -> Iterator[httpx.Client]:
     # beat: the sweep runs. Supervised like the ml-worker container (restart: unless-stopped):
-    # kombu 5.7 can crash the worker when Redis drops with unacked messages (docs/RELIABILITY.md).
+    # the kombu guard (src/worker/kombu_guard.py) contains kombu 5.7's Redis-restart crash.
     worker = fstack.start_worker(
         "faults", concurrency=2, beat=True, supervised=True, hold_file=hold_path(fstack)
     )
