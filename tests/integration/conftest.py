@@ -84,12 +84,21 @@ def worker(stack: Stack) -> Iterator[subprocess.Popen]:
     stop(proc)
 
 
+@contextlib.contextmanager
+def api_client(stack: Stack, **env: str) -> Iterator[httpx.Client]:
+    """The stack's real API (started with `env`) and a client of it, for the block."""
+    proc, base = stack.start_api(**env)
+    try:
+        with httpx.Client(base_url=base, timeout=30) as client:
+            yield client
+    finally:
+        stop(proc)
+
+
 @pytest.fixture(scope="session")
 def api(stack: Stack, worker: subprocess.Popen) -> Iterator[httpx.Client]:
-    proc, base = stack.start_api()
-    with httpx.Client(base_url=base, timeout=30) as client:
+    with api_client(stack) as client:
         yield client
-    stop(proc)
 
 
 def wait_job(

@@ -17,7 +17,14 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.integration.conftest import hold_path, stack_or_skip, upload, wait_held, wait_job
+from tests.integration.conftest import (
+    api_client,
+    hold_path,
+    stack_or_skip,
+    upload,
+    wait_held,
+    wait_job,
+)
 from tests.support.hold import held
 from tests.support.inputs import OPTIONS, make_input
 from tests.support.services import Stack, stop, wait_for
@@ -44,10 +51,8 @@ def kworker(kstack: Stack) -> Iterator[subprocess.Popen]:
 
 @pytest.fixture(scope="module")
 def kapi(kstack: Stack, kworker: subprocess.Popen) -> Iterator[httpx.Client]:
-    proc, base = kstack.start_api()
-    with httpx.Client(base_url=base, timeout=30) as client:
+    with api_client(kstack) as client:
         yield client
-    stop(proc)
 
 
 def worker_log(stack: Stack) -> bytes:

@@ -28,7 +28,7 @@ from src.jobs.parts import run_part
 from src.jobs.records import new_job_doc, new_part_doc
 from src.jobs.store import JobStore
 from src.jobs.sweep import sweep
-from tests.integration.conftest import stack_or_skip, upload, wait_held, wait_job
+from tests.integration.conftest import api_client, stack_or_skip, upload, wait_held, wait_job
 from tests.support.hold import held, held_pids
 from tests.support.inputs import OPTIONS, make_input
 from tests.support.services import Stack, stop
@@ -54,10 +54,8 @@ def sstack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
 
 @pytest.fixture(scope="module")
 def sapi(sstack: Stack) -> Iterator[httpx.Client]:
-    proc, base = sstack.start_api()
-    with httpx.Client(base_url=base, timeout=30) as client:
+    with api_client(sstack) as client:
         yield client
-    stop(proc)
 
 
 @pytest.fixture

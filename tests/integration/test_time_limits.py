@@ -27,7 +27,7 @@ from src.jobs.records import new_job_doc, new_part_doc
 from src.jobs.run import run_job
 from src.jobs.store import JobStore
 from src.jobs.sweep import sweep
-from tests.integration.conftest import stack_or_skip, upload, wait_held, wait_job
+from tests.integration.conftest import api_client, stack_or_skip, upload, wait_held, wait_job
 from tests.support.hold import HOLD_MODE_ENV, STUCK, WEDGED, held, held_pids
 from tests.support.inputs import OPTIONS, make_input
 from tests.support.services import Stack, stop
@@ -45,10 +45,8 @@ def lstack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
 
 @pytest.fixture(scope="module")
 def lapi(lstack: Stack) -> Iterator[httpx.Client]:
-    proc, base = lstack.start_api()
-    with httpx.Client(base_url=base, timeout=30) as client:
+    with api_client(lstack) as client:
         yield client
-    stop(proc)
 
 
 def record(stack: Stack, job_id: str, collection: str = "jobs") -> dict:
