@@ -21,6 +21,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import BaseRoute, Route
 
 from src.api.models import FieldError, Problem
+from src.core.storage import StorageUnavailable
 from src.jobs import submit
 from src.jobs.submit import describe_validation
 
@@ -213,6 +214,12 @@ def install_error_handlers(app: FastAPI) -> None:
     async def _store_down(request: Request, exc: PyMongoError) -> JSONResponse:
         log.warning("job store error: %s", exc)
         detail = "job store (MongoDB) unavailable; retry later"
+        return problem(request, UNAVAILABLE, detail, RETRY_LATER)
+
+    @app.exception_handler(StorageUnavailable)
+    async def _files_down(request: Request, exc: StorageUnavailable) -> JSONResponse:
+        log.warning("object store error: %s", exc)
+        detail = "object store unavailable; retry later"
         return problem(request, UNAVAILABLE, detail, RETRY_LATER)
 
     @app.exception_handler(Exception)

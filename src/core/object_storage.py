@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, BinaryIO, cast
 from urllib.parse import urlsplit
 
 from src.core.processes import pid_alive
-from src.core.storage import COPY_CHUNK, Hashing, Storage
+from src.core.storage import COPY_CHUNK, Hashing, Storage, StorageUnavailable
 
 if TYPE_CHECKING:
     from urllib3 import PoolManager
@@ -30,15 +30,6 @@ NO_SUCH_OBJECT = frozenset({"NoSuchKey", "NoSuchObject", "NotFound"})
 # six tries, would hold a request for half an hour when the store's host does not answer.
 CONNECT_TIMEOUT_SECONDS = 5.0
 READ_TIMEOUT_SECONDS = 300.0
-
-
-class StorageUnavailable(Exception):
-    """The object store cannot be reached (refused, unknown host, timed out, 5xx) after the
-    client's retries: nothing was stored; retry later.
-
-    Not an OSError: callers that treat an OSError as a bad file must not take an outage
-    for one.
-    """
 
 
 @contextlib.contextmanager

@@ -27,6 +27,15 @@ class TooLarge(ValueError):
     """A stream longer than the limit given to `save_stream` (nothing is kept)."""
 
 
+class StorageUnavailable(Exception):
+    """The object store cannot be reached (refused, unknown host, timed out, 5xx) after the
+    client's retries: nothing was stored; retry later.
+
+    Not an OSError: callers that treat an OSError as a bad file must not take an outage
+    for one.
+    """
+
+
 class OutsideStore(ValueError):
     """A key that leads out of the store (a symbolic link pointing elsewhere)."""
 

@@ -22,7 +22,7 @@ from typing import Any, TypeVar
 from pymongo.errors import PyMongoError
 
 from src.core.config import Settings
-from src.core.storage import Storage
+from src.core.storage import Storage, StorageUnavailable
 from src.data.io import InputError
 from src.jobs.model import JobStatus
 from src.jobs.records import JobDoc
@@ -229,7 +229,7 @@ class JobContext:
             return end(JobStatus.FAILED, time_limit_error(self.time_limit, where))
         except readable as exc:
             return end(JobStatus.FAILED, f"{exc} ({where})" if where else str(exc))
-        except PyMongoError:
+        except (PyMongoError, StorageUnavailable):  # outages: the task retries with backoff
             raise
         except Exception as exc:  # a readable error on the job; the worker lives on
             log.exception("unexpected error %s", where or "in a job")

@@ -24,8 +24,7 @@ from pydantic import ValidationError
 from pymongo.errors import DuplicateKeyError, PyMongoError
 
 from src.core.config import Settings
-from src.core.object_storage import StorageUnavailable
-from src.core.storage import Storage, TooLarge
+from src.core.storage import Storage, StorageUnavailable, TooLarge
 from src.data.formats import INPUT_SUFFIXES, OutputFormat
 from src.data.options import CleaningOptions
 from src.jobs import destinations, layout

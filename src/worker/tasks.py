@@ -16,7 +16,7 @@ from pymongo.errors import PyMongoError
 from src.core import broker
 from src.core.config import get_settings
 from src.core.logging import log_context, setup_logging
-from src.core.storage import Storage, open_storage
+from src.core.storage import Storage, StorageUnavailable, open_storage
 from src.data.lossy import french_words
 from src.jobs import callbacks, merge, parts, run
 from src.jobs.context import JobContext, Outcome, Senders, time_limits
@@ -97,7 +97,7 @@ def _preload(**_: object) -> None:
 SOFT_TIME_LIMIT, HARD_TIME_LIMIT = time_limits(get_settings().job_time_limit_seconds)
 JOB_TASK = {
     "bind": True,
-    "autoretry_for": (PyMongoError,),
+    "autoretry_for": (PyMongoError, StorageUnavailable),
     "retry_backoff": True,
     "retry_backoff_max": 30,
     "max_retries": 8,

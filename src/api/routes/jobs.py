@@ -23,7 +23,7 @@ from src.api.ratelimit import StreamSlots
 from src.api.routes.submit import job_response
 from src.api.schemas import EXAMPLE_ID
 from src.core import instruments
-from src.core.object_storage import StorageUnavailable
+from src.core.storage import StorageUnavailable
 from src.data.formats import MEDIA_TYPES
 from src.jobs import layout
 from src.jobs.model import JOB_ID, TERMINAL, Job, JobStatus
