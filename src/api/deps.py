@@ -14,8 +14,8 @@ from src.api.errors import ApiError
 from src.api.watch import JobWatcher
 from src.core.config import Settings
 from src.core.storage import Storage
+from src.jobs.async_store import AsyncJobStore
 from src.jobs.records import JobDoc
-from src.jobs.store import AsyncJobStore
 
 
 # async: a plain `def` dependency would hop to the thread pool on every request.

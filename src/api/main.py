@@ -19,7 +19,7 @@ from src.core import broker
 from src.core.config import Settings, get_settings
 from src.core.logging import setup_logging
 from src.core.storage import Storage, open_storage
-from src.jobs.store import AsyncJobStore
+from src.jobs.async_store import AsyncJobStore
 
 log = logging.getLogger(__name__)
 

@@ -14,9 +14,9 @@ import logging
 
 from pymongo.errors import PyMongoError
 
+from src.jobs.async_store import AsyncJobStore
 from src.jobs.model import TERMINAL
 from src.jobs.records import JobDoc
-from src.jobs.store import AsyncJobStore
 
 log = logging.getLogger(__name__)
 

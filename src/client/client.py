@@ -9,21 +9,18 @@ from __future__ import annotations
 import json
 import logging
 import os
-import queue
 import tempfile
-import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from types import TracebackType
 from typing import Any
-from urllib.parse import quote
 
 import httpx
-from httpx_sse import connect_sse
 
 from src.api.models import JobList
 from src.client.errors import ApiError, JobFailed
+from src.client.events import EventStream, JobRef, job_id_of, job_path, time_left
 from src.data.formats import DEFAULT_OUTPUT, INPUT_SUFFIXES, OutputFormat
 from src.data.formats import output_format as format_for
 from src.data.options import CleaningOptions
@@ -32,13 +29,11 @@ from src.jobs.model import TERMINAL, Job, JobStatus
 log = logging.getLogger(__name__)
 
 Options = CleaningOptions | Mapping[str, Any]
-JobRef = str | Job  # a job id, or a job the client returned
 ProgressCallback = Callable[[Job], None]
 
 API_KEY_HEADER = "X-API-Key"
 MAX_SERVER_WAIT = 60.0  # the most `GET /jobs/{id}?wait=` accepts
 PROGRESS_POLL = 1.0  # without the event stream, with on_progress: a fresh job this often
-STREAM_READ_TIMEOUT = 60.0  # the server pings every 15 s: longer silence is a dead stream
 UPLOAD_READ_TIMEOUT = 300.0  # the service stores the whole upload before it answers
 CHUNK_BYTES = 1 << 20
 UPLOAD_MEDIA = {
@@ -156,7 +151,7 @@ class CleaningClient:
             params["wait"] = min(wait, MAX_SERVER_WAIT)
             read += params["wait"]
         response = self._http.get(
-            _path(job), params=params, timeout=httpx.Timeout(self.timeout, read=read)
+            job_path(job), params=params, timeout=httpx.Timeout(self.timeout, read=read)
         )
         return _job(response)
 
@@ -173,7 +168,7 @@ class CleaningClient:
         gets the job at each change, the final state included. Raises `TimeoutError`
         after `timeout` seconds (None: no limit); the job goes on running.
         """
-        job_id = _id(job)
+        job_id = job_id_of(job)
         deadline = None if timeout is None else time.monotonic() + timeout
         last: Job | None = None
 
@@ -184,7 +179,7 @@ class CleaningClient:
             last = current
             return current.status in TERMINAL
 
-        stream = _EventStream(self._http, job_id, self.timeout)
+        stream = EventStream(self._http, job_id, self.timeout)
         try:
             for current in stream.jobs(deadline):
                 if finished(current):
@@ -192,7 +187,7 @@ class CleaningClient:
         finally:
             stream.stop()
         while True:  # the stream ended early or failed, or time is up
-            remaining = _remaining(deadline)
+            remaining = time_left(deadline)
             if remaining == 0:
                 status = last.status if last else "not finished"
                 raise TimeoutError(f"job {job_id} still {status} after {timeout}s")
@@ -207,7 +202,7 @@ class CleaningClient:
         an `ApiError` 409."""
         dest = Path(dest)
         dest.parent.mkdir(parents=True, exist_ok=True)
-        with self._http.stream("GET", f"{_path(job)}/result") as response:
+        with self._http.stream("GET", f"{job_path(job)}/result") as response:
             if not response.is_success:
                 response.read()
                 raise ApiError.from_response(response)
@@ -238,12 +233,12 @@ class CleaningClient:
     def cancel(self, job: JobRef) -> Job:
         """Cancel a queued job (at once) or a running one (at its next chunk); a finished
         one is an `ApiError` 409."""
-        return _job(self._http.post(f"{_path(job)}/cancel"))
+        return _job(self._http.post(f"{job_path(job)}/cancel"))
 
     def delete(self, job: JobRef) -> None:
         """Remove a finished job, its input and its result; a queued or running one is an
         `ApiError` 409 (cancel it first)."""
-        response = self._http.delete(_path(job))
+        response = self._http.delete(job_path(job))
         if not response.is_success:
             raise ApiError.from_response(response)
 
@@ -297,71 +292,6 @@ class CleaningClient:
             raise JobFailed(job)
         self.download(job, dest)
         return job
-
-
-class _EventStream:
-    """`GET /jobs/{id}/events`, read by a daemon thread into a queue, so that `wait` can
-    keep its deadline while the stream is silent (a queued job sends nothing for long).
-
-    The stream only speeds waiting up: any failure of it ends the iteration, and `wait`
-    carries on with `GET /jobs/{id}?wait=`, which reports the real errors.
-    """
-
-    def __init__(self, http: httpx.Client, job_id: str, timeout: float) -> None:
-        self._jobs: queue.Queue[Job | None] = queue.Queue()
-        self._stopped = threading.Event()
-        self._thread = threading.Thread(
-            target=self._read,
-            args=(http, job_id, httpx.Timeout(timeout, read=STREAM_READ_TIMEOUT)),
-            name=f"job-events-{job_id}",
-            daemon=True,
-        )
-        self._thread.start()
-
-    def _read(self, http: httpx.Client, job_id: str, timeout: httpx.Timeout) -> None:
-        try:
-            with connect_sse(http, "GET", f"{_path(job_id)}/events", timeout=timeout) as source:
-                if source.response.status_code != 200:
-                    log.debug("job %s: events answered %s", job_id, source.response.status_code)
-                    return
-                for event in source.iter_sse():
-                    if self._stopped.is_set():
-                        return
-                    if event.event == "job":
-                        self._jobs.put(Job.model_validate_json(event.data))
-                    elif event.event == "gone":
-                        return
-        except Exception as exc:  # the fallback reports what matters
-            log.debug("job %s: event stream failed: %r", job_id, exc)
-        finally:
-            self._jobs.put(None)
-
-    def jobs(self, deadline: float | None) -> Iterator[Job]:
-        """The jobs the stream sends, until it ends, fails or the deadline passes."""
-        while True:
-            try:
-                job = self._jobs.get(timeout=_remaining(deadline))
-            except queue.Empty:
-                return
-            if job is None:
-                return
-            yield job
-
-    def stop(self) -> None:
-        """Let the reader go (at its next event or ping); `wait` does not wait for it."""
-        self._stopped.set()
-
-
-def _id(job: JobRef) -> str:
-    return job.id if isinstance(job, Job) else job
-
-
-def _path(job: JobRef) -> str:
-    return f"jobs/{quote(_id(job), safe='')}"
-
-
-def _remaining(deadline: float | None) -> float | None:
-    return None if deadline is None else max(deadline - time.monotonic(), 0.0)
 
 
 def _changed(before: Job, after: Job) -> bool:

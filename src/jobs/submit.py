@@ -28,9 +28,9 @@ from src.core.storage import Storage, StorageUnavailable, TooLarge
 from src.data.formats import INPUT_SUFFIXES, OutputFormat
 from src.data.options import CleaningOptions
 from src.jobs import destinations, layout
+from src.jobs.async_store import AsyncJobStore
 from src.jobs.model import Job
 from src.jobs.records import JobDoc, new_job_doc
-from src.jobs.store import AsyncJobStore
 
 log = logging.getLogger(__name__)
 

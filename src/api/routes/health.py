@@ -10,7 +10,7 @@ from fastapi.responses import JSONResponse
 
 from src.api import errors, openapi
 from src.api.deps import JobStoreDep, SettingsDep
-from src.jobs.store import AsyncJobStore
+from src.jobs.async_store import AsyncJobStore
 
 router = APIRouter(tags=["health"])
 

@@ -26,9 +26,9 @@ from src.core import instruments
 from src.core.storage import StorageUnavailable
 from src.data.formats import MEDIA_TYPES
 from src.jobs import layout
+from src.jobs.async_store import AsyncJobStore
 from src.jobs.model import JOB_ID, TERMINAL, Job, JobStatus
 from src.jobs.records import JobDoc
-from src.jobs.store import AsyncJobStore
 
 router = APIRouter(prefix="/jobs", tags=["jobs"])
 
