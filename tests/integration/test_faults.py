@@ -23,7 +23,6 @@ from src.core.storage import open_storage
 from src.data.pipeline import clean_file
 from src.jobs.context import JobContext, Outcome
 from src.jobs.model import new_job_id
-from src.jobs.records import new_job_doc
 from src.jobs.run import run_job
 from src.jobs.store import JobStore
 from tests.integration.conftest import (
@@ -35,7 +34,7 @@ from tests.integration.conftest import (
     wait_job,
 )
 from tests.support.hold import held
-from tests.support.inputs import OPTIONS, make_input
+from tests.support.inputs import OPTIONS, job_doc, make_input
 from tests.support.services import Stack, stop, wait_for
 
 
@@ -156,14 +155,7 @@ def _insert_running(store: JobStore, stack: Stack, sample: Path, attempts: int) 
     folder = stack.data_dir / "jobs" / job_id
     folder.mkdir(parents=True)
     (folder / "input.csv").write_bytes(sample.read_bytes())
-    doc = new_job_doc(
-        job_id=job_id,
-        input_relpath=f"jobs/{job_id}/input.csv",
-        input_name="input.csv",
-        options={},
-        output_format="csv",
-        retention_hours=1,
-    )
+    doc = job_doc(job_id, f"jobs/{job_id}/input.csv")
     store.jobs.insert_one(
         {
             **doc,

@@ -23,14 +23,13 @@ from src.core.storage import open_storage
 from src.data.options import CleaningOptions
 from src.data.pipeline import clean_file
 from src.jobs.context import JobContext, Outcome, Senders
-from src.jobs.model import new_job_id
 from src.jobs.parts import run_part
-from src.jobs.records import new_job_doc, new_part_doc
+from src.jobs.records import new_part_doc
 from src.jobs.store import JobStore
 from src.jobs.sweep import sweep
 from tests.integration.conftest import api_client, stack_or_skip, upload, wait_held, wait_job
 from tests.support.hold import held, held_pids
-from tests.support.inputs import OPTIONS, make_input
+from tests.support.inputs import OPTIONS, job_doc, make_input
 from tests.support.services import Stack, stop
 
 SPLIT_ENV = {"SPLIT_ABOVE_MB": "0.05", "PART_MB": "0.02"}  # the 400 kB sample: ~19 parts
@@ -236,15 +235,8 @@ def direct_store(sstack: Stack) -> Iterator[tuple[JobStore, Settings]]:
 
 def running_split_job(store: JobStore, parts: int) -> tuple[str, list[dict]]:
     """A job split into `parts` queued parts of 10 bytes, as a planner leaves it."""
-    job_id = new_job_id()
-    doc = new_job_doc(
-        job_id=job_id,
-        input_relpath="none.csv",
-        input_name="none.csv",
-        options={},
-        output_format="csv",
-        retention_hours=1,
-    )
+    doc = job_doc()
+    job_id = doc["_id"]
     store.jobs.insert_one({**doc, "status": "running", "worker": "planner:1"})
     docs = [new_part_doc(doc, i, i * 10, i * 10 + 10) for i in range(parts)]
     assert store.split(job_id, "planner:1", docs, parts * 10)

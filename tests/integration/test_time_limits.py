@@ -22,14 +22,13 @@ from src.core.processes import pid_alive
 from src.core.storage import open_storage
 from src.jobs.context import JobContext, Outcome, Senders, time_limit_error
 from src.jobs.merge import run_merge
-from src.jobs.model import new_job_id
-from src.jobs.records import new_job_doc, new_part_doc
+from src.jobs.records import new_part_doc
 from src.jobs.run import run_job
 from src.jobs.store import JobStore
 from src.jobs.sweep import sweep
 from tests.integration.conftest import api_client, stack_or_skip, upload, wait_held, wait_job
 from tests.support.hold import HOLD_MODE_ENV, STUCK, WEDGED, held, held_pids
-from tests.support.inputs import OPTIONS, make_input
+from tests.support.inputs import OPTIONS, job_doc, make_input
 from tests.support.services import Stack, stop
 
 LIMIT = 3.0  # JOB_TIME_LIMIT_SECONDS of this module's workers
@@ -209,15 +208,8 @@ def direct(lstack: Stack) -> Iterator[tuple[JobContext, dict[str, list[str]]]]:
 
 
 def running_job(store: JobStore, **fields: object) -> str:
-    job_id = new_job_id()
-    doc = new_job_doc(
-        job_id=job_id,
-        input_relpath="none.csv",
-        input_name="none.csv",
-        options={},
-        output_format="csv",
-        retention_hours=1,
-    )
+    doc = job_doc()
+    job_id = doc["_id"]
     store.jobs.insert_one({**doc, "status": "running", "worker": "dead:1", **fields})
     return job_id
 
