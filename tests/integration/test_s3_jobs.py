@@ -19,7 +19,15 @@ import redis
 
 from tests.integration.conftest import BUCKET, stack_or_skip, unavailable, upload, wait_job
 from tests.support.inputs import make_input
-from tests.support.services import VENV_BIN, S3Bucket, S3Server, ServiceUnavailable, Stack, stop
+from tests.support.services import (
+    VENV_BIN,
+    S3Bucket,
+    S3Server,
+    ServiceUnavailable,
+    Stack,
+    stop,
+    wait_for,
+)
 
 PREFIX = "svc"
 SPLIT_PREFIX = "svc-split"
@@ -169,8 +177,12 @@ def test_split_job_matches_cli(
     body = split_api.get(f"/jobs/{done['id']}/result").content
     expected = cli_output(tiled, tmp_path / "expected.csv", "--lowercase", "--drop-duplicates")
     assert body == expected
-    # the parts are gone once merged; only the input and the result stay
-    assert job_keys(s3, SPLIT_PREFIX, done["id"]) == {"input.csv", "result.csv"}
+    # the parts go just after the merge marks the job succeeded: wait for that state
+    wait_for(
+        lambda: job_keys(s3, SPLIT_PREFIX, done["id"]) == {"input.csv", "result.csv"},
+        30,
+        "the parts removed from the bucket after the merge",
+    )
     assert files_under(split_stack.data_dir) == []
 
 

@@ -30,7 +30,7 @@ from src.jobs.sweep import sweep
 from tests.integration.conftest import api_client, stack_or_skip, upload, wait_held, wait_job
 from tests.support.hold import held, held_pids
 from tests.support.inputs import OPTIONS, job_doc, make_input
-from tests.support.services import Stack, stop
+from tests.support.services import Stack, stop, wait_for
 
 SPLIT_ENV = {"SPLIT_ABOVE_MB": "0.05", "PART_MB": "0.02"}  # the 400 kB sample: ~19 parts
 REPORT_FIELDS = (
@@ -109,13 +109,20 @@ def test_split_result_is_byte_identical_to_a_single_run(
     # The parts were spread over both worker processes, then cleaned up.
     logs = [(sstack.logs / f"worker-split{i}.log").read_text() for i in (1, 2)]
     assert all(f"job {done['id']}: part" in log for log in logs)
-    assert sorted(p.name for p in (sstack.data_dir / "jobs" / done["id"]).iterdir()) == [
-        "input.csv",
-        "result.csv",
-    ]
+    # The merger removes the parts just after it marks the job succeeded (had it removed
+    # them first and then lost its claim, the merger taking over would find none): wait
+    # for that state, not for a moment.
+    folder = sstack.data_dir / "jobs" / done["id"]
     client, db = mongo(sstack)
     with client:
-        assert db["job_parts"].count_documents({"job_id": done["id"]}) == 0
+        wait_for(
+            lambda: (
+                sorted(p.name for p in folder.iterdir()) == ["input.csv", "result.csv"]
+                and db["job_parts"].count_documents({"job_id": done["id"]}) == 0
+            ),
+            30,
+            "the parts' files and records removed after the merge",
+        )
 
 
 def test_duplicates_across_parts_are_dropped_as_in_one_run(
