@@ -19,8 +19,8 @@ from typing import Any
 import httpx
 
 from src.api.models import JobList
-from src.client.errors import ApiError, JobFailed
-from src.client.events import EventStream, JobRef, job_id_of, job_path, time_left
+from src.client.errors import ApiError, JobFailed, job_of
+from src.client.events import EventStream, JobRef, changed, job_id_of, job_path, time_left
 from src.data.formats import DEFAULT_OUTPUT, INPUT_SUFFIXES, OutputFormat
 from src.data.formats import output_format as format_for
 from src.data.options import CleaningOptions
@@ -119,7 +119,7 @@ class CleaningClient:
                 headers=_idempotency(idempotency_key),
                 timeout=httpx.Timeout(self.timeout, read=max(self.timeout, UPLOAD_READ_TIMEOUT)),
             )
-        return _job(response)
+        return job_of(response)
 
     def submit_source(
         self,
@@ -138,7 +138,7 @@ class CleaningClient:
         if callback_url:
             body["callback_url"] = callback_url
         response = self._http.post("jobs/clean", json=body, headers=_idempotency(idempotency_key))
-        return _job(response)
+        return job_of(response)
 
     # -- one job ------------------------------------------------------------------------
 
@@ -153,7 +153,7 @@ class CleaningClient:
         response = self._http.get(
             job_path(job), params=params, timeout=httpx.Timeout(self.timeout, read=read)
         )
-        return _job(response)
+        return job_of(response)
 
     def wait(
         self,
@@ -174,7 +174,7 @@ class CleaningClient:
 
         def finished(current: Job) -> bool:
             nonlocal last
-            if on_progress is not None and (last is None or _changed(last, current)):
+            if on_progress is not None and (last is None or changed(last, current)):
                 on_progress(current)
             last = current
             return current.status in TERMINAL
@@ -233,7 +233,7 @@ class CleaningClient:
     def cancel(self, job: JobRef) -> Job:
         """Cancel a queued job (at once) or a running one (at its next chunk); a finished
         one is an `ApiError` 409."""
-        return _job(self._http.post(f"{job_path(job)}/cancel"))
+        return job_of(self._http.post(f"{job_path(job)}/cancel"))
 
     def delete(self, job: JobRef) -> None:
         """Remove a finished job, its input and its result; a queued or running one is an
@@ -294,14 +294,6 @@ class CleaningClient:
         return job
 
 
-def _changed(before: Job, after: Job) -> bool:
-    return (before.status, before.progress, before.cancel_requested) != (
-        after.status,
-        after.progress,
-        after.cancel_requested,
-    )
-
-
 def _options_json(options: Options) -> dict[str, Any]:
     if isinstance(options, CleaningOptions):
         return options.model_dump(mode="json", exclude_unset=True)
@@ -310,9 +302,3 @@ def _options_json(options: Options) -> dict[str, Any]:
 
 def _idempotency(key: str | None) -> dict[str, str]:
     return {"Idempotency-Key": key} if key else {}
-
-
-def _job(response: httpx.Response) -> Job:
-    if not response.is_success:
-        raise ApiError.from_response(response)
-    return Job.model_validate_json(response.content)

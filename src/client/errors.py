@@ -97,3 +97,10 @@ class JobFailed(ClientError):
             message = f"job {job.id} ended {job.status}"
         super().__init__(message)
         self.job = job
+
+
+def job_of(response: httpx.Response) -> Job:
+    """The job an answer carries, or the `ApiError` of its problem document."""
+    if not response.is_success:
+        raise ApiError.from_response(response)
+    return Job.model_validate_json(response.content)

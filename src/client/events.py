@@ -83,3 +83,12 @@ def job_path(job: JobRef) -> str:
 
 def time_left(deadline: float | None) -> float | None:
     return None if deadline is None else max(deadline - time.monotonic(), 0.0)
+
+
+def changed(before: Job, after: Job) -> bool:
+    """Whether `after` is news to a progress callback that saw `before`."""
+    return (before.status, before.progress, before.cancel_requested) != (
+        after.status,
+        after.progress,
+        after.cancel_requested,
+    )

@@ -17,6 +17,7 @@ from typing import NoReturn
 import httpx
 import pytest
 
+from src.core.config import Settings
 from tests.support.hold import held_pids
 from tests.support.services import (
     S3Bucket,
@@ -70,6 +71,21 @@ def s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Bucket]:
         yield server.bucket(BUCKET)
     finally:
         server.stop()
+
+
+def settings_for(stack: Stack, **overrides: object) -> Settings:
+    """The settings the stack's API and workers run with, for tests that drive
+    `src.jobs` in-process against the same store."""
+    env = stack.env()
+    values: dict[str, object] = {
+        "mongo_url": env["MONGO_URL"],
+        "mongo_db": env["MONGO_DB"],
+        "redis_url": env["REDIS_URL"],
+        "data_dir": Path(env["DATA_DIR"]),
+        "stale_after_seconds": float(env["STALE_AFTER_SECONDS"]),
+        **overrides,
+    }
+    return Settings(**values)  # type: ignore[arg-type]
 
 
 def hold_path(stack: Stack) -> Path:

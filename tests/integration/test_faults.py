@@ -18,7 +18,6 @@ import httpx
 import pytest
 from pymongo import MongoClient
 
-from src.core.config import Settings
 from src.core.storage import open_storage
 from src.data.pipeline import clean_file
 from src.jobs.context import JobContext, Outcome
@@ -27,6 +26,7 @@ from src.jobs.run import run_job
 from src.jobs.store import JobStore
 from tests.integration.conftest import (
     hold_path,
+    settings_for,
     stack_or_skip,
     unavailable,
     upload,
@@ -57,17 +57,6 @@ def fapi(fstack: Stack) -> Iterator[httpx.Client]:
         yield client
     stop(proc)
     stop(worker)
-
-
-def settings_for(stack: Stack) -> Settings:
-    env = stack.env()
-    return Settings(
-        mongo_url=env["MONGO_URL"],
-        mongo_db=env["MONGO_DB"],
-        redis_url=env["REDIS_URL"],
-        data_dir=Path(env["DATA_DIR"]),
-        stale_after_seconds=float(env["STALE_AFTER_SECONDS"]),
-    )
 
 
 def job_dirs(stack: Stack) -> set[str]:

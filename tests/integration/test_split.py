@@ -27,7 +27,14 @@ from src.jobs.parts import run_part
 from src.jobs.records import new_part_doc
 from src.jobs.store import JobStore
 from src.jobs.sweep import sweep
-from tests.integration.conftest import api_client, stack_or_skip, upload, wait_held, wait_job
+from tests.integration.conftest import (
+    api_client,
+    settings_for,
+    stack_or_skip,
+    upload,
+    wait_held,
+    wait_job,
+)
 from tests.support.hold import held, held_pids
 from tests.support.inputs import OPTIONS, job_doc, make_input
 from tests.support.services import Stack, stop, wait_for
@@ -227,14 +234,7 @@ def test_killed_worker_costs_one_part_not_the_job(
 @pytest.fixture
 def direct_store(sstack: Stack) -> Iterator[tuple[JobStore, Settings]]:
     """The stack's store and settings, for tests that drive `src.jobs` without a worker."""
-    env = sstack.env()
-    settings = Settings(
-        mongo_url=env["MONGO_URL"],
-        mongo_db=env["MONGO_DB"],
-        redis_url=env["REDIS_URL"],
-        data_dir=Path(env["DATA_DIR"]),
-        stale_after_seconds=3,
-    )
+    settings = settings_for(sstack)
     store = JobStore(settings)
     yield store, settings
     store.close()

@@ -17,7 +17,6 @@ import httpx
 import pytest
 from pymongo import MongoClient
 
-from src.core.config import Settings
 from src.core.processes import pid_alive
 from src.core.storage import open_storage
 from src.jobs.context import JobContext, Outcome, Senders, time_limit_error
@@ -26,7 +25,14 @@ from src.jobs.records import new_part_doc
 from src.jobs.run import run_job
 from src.jobs.store import JobStore
 from src.jobs.sweep import sweep
-from tests.integration.conftest import api_client, stack_or_skip, upload, wait_held, wait_job
+from tests.integration.conftest import (
+    api_client,
+    settings_for,
+    stack_or_skip,
+    upload,
+    wait_held,
+    wait_job,
+)
 from tests.support.hold import HOLD_MODE_ENV, STUCK, WEDGED, held, held_pids
 from tests.support.inputs import OPTIONS, job_doc, make_input
 from tests.support.services import Stack, stop
@@ -191,15 +197,7 @@ def test_a_part_past_its_limit_fails_the_split_job_naming_it(
 def direct(lstack: Stack) -> Iterator[tuple[JobContext, dict[str, list[str]]]]:
     """A context on the stack's store (JOB_TIME_LIMIT_SECONDS=3) whose senders record
     what they would queue: the sweep and the steps run here, without a worker."""
-    env = lstack.env()
-    settings = Settings(
-        mongo_url=env["MONGO_URL"],
-        mongo_db=env["MONGO_DB"],
-        redis_url=env["REDIS_URL"],
-        data_dir=Path(env["DATA_DIR"]),
-        stale_after_seconds=3,
-        job_time_limit_seconds=LIMIT,
-    )
+    settings = settings_for(lstack, job_time_limit_seconds=LIMIT)
     sent: dict[str, list[str]] = {"clean": [], "part": [], "merge": []}
     senders = Senders(sent["clean"].append, sent["part"].append, sent["merge"].append)
     store = JobStore(settings)
