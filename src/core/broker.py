@@ -23,6 +23,7 @@ PART_TASK = "clean_part"
 MERGE_TASK = "merge_parts"
 SWEEP_TASK = "sweep"
 CALLBACK_TASK = "deliver_callback"
+TRACK_TASK = "track_job"  # log a finished job to MLflow
 
 
 @lru_cache(maxsize=1)
@@ -78,6 +79,10 @@ def send_part(part_id: str) -> None:
 
 def send_merge(job_id: str) -> None:
     send(MERGE_TASK, job_id)
+
+
+def send_track(job_id: str) -> None:
+    send(TRACK_TASK, job_id)
 
 
 def warm_up() -> None:

@@ -104,6 +104,20 @@ class Settings(BaseSettings):
         "one Celery task each, by as many workers as are free",
     )
     part_mb: float = Field(16.0, gt=0, description="PART_MB: the size of one part of a split job")
+    mlflow_tracking_uri: str = Field(
+        "",
+        description="MLFLOW_TRACKING_URI: an MLflow server (http://…); set, every job is "
+        "logged as one run. Empty: no tracking",
+    )
+    mlflow_experiment: str = Field("data-cleaning", description="MLFLOW_EXPERIMENT")
+    mlflow_ui_url: str = Field(
+        "",
+        description="MLFLOW_UI_URL: MLflow's address as a person's browser reaches it; set, "
+        "jobs link to their run",
+    )
+    mlflow_retries: int = Field(
+        5, ge=0, description="MLFLOW_RETRIES: how many times the sweep retries a run's logging"
+    )
 
     @property
     def keys(self) -> list[ApiKey]:

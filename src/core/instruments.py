@@ -85,6 +85,13 @@ OUTPUT_BYTES = Counter(
     "Bytes of the result files written by succeeded jobs.",
     registry=WORKER_REGISTRY,
 )
+MLFLOW_LOGGING = Counter(
+    "cleaning_mlflow_logging_total",
+    "Attempts to log a finished job to MLflow, by outcome: logged, retrying (MLflow "
+    "failed; the sweep retries) or failed (given up after MLFLOW_RETRIES).",
+    ["outcome"],
+    registry=WORKER_REGISTRY,
+)
 TASKS = Counter(
     "cleaning_worker_tasks_total",
     "Celery tasks run by the pool processes, by task name and final Celery state.",

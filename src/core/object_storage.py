@@ -220,6 +220,9 @@ class ObjectStorage(Storage):
             raise FileNotFoundError(f"not found {self.where}: {rel}")
         return rel
 
+    def uri(self, rel: str) -> str:
+        return f"s3://{self.bucket}/{self.key(rel)}"
+
     def remove(self, rel: str) -> None:
         with _reachable("remove"):
             self.client.remove_object(self.bucket, self.key(rel))

@@ -58,6 +58,9 @@ class Storage(Protocol):
     def resolve(self, key: str) -> str:
         """The stored key `key` names (links followed): FileNotFoundError, OutsideStore."""
 
+    def uri(self, key: str) -> str:
+        """Where the file lives, for lineage records: an absolute path or `s3://bucket/key`."""
+
     def fetch(self, key: str) -> contextlib.AbstractContextManager[Path]:
         """A local file holding `key`, for as long as the context lasts."""
 
@@ -182,6 +185,9 @@ class LocalStorage(Storage):
         if not target.is_file():
             raise FileNotFoundError(f"not found {self.where}: {rel}")
         return str(target.relative_to(root))
+
+    def uri(self, rel: str) -> str:
+        return str(self.path(rel).resolve())
 
     def remove(self, rel: str) -> None:
         self.path(rel).unlink(missing_ok=True)

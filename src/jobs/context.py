@@ -95,6 +95,9 @@ class JobEvents:
     def finished(self, doc: JobDoc) -> None:
         """This worker brought the job to a final status (`doc` as stored after it)."""
 
+    def tracked(self, job_id: str, status: str) -> None:
+        """An attempt to log the job to MLflow ended: logged, retrying or failed."""
+
 
 @dataclass(frozen=True)
 class Senders:
@@ -103,6 +106,7 @@ class Senders:
     clean: Callable[[str], None]
     part: Callable[[str], None]
     merge: Callable[[str], None]
+    track: Callable[[str], None] | None = None  # log a finished job to MLflow
 
 
 class Heartbeat:

@@ -33,6 +33,15 @@ class CallbackStatus(StrEnum):
     FAILED = "failed"  # given up after CALLBACK_RETRIES
 
 
+class TrackingStatus(StrEnum):
+    """Where the job's MLflow run stands (MLFLOW_TRACKING_URI set)."""
+
+    PENDING = "pending"  # finished; its run is being logged
+    RETRYING = "retrying"  # MLflow failed; the sweep retries (MLFLOW_RETRIES)
+    LOGGED = "logged"
+    FAILED = "failed"  # given up: `mlflow_error` says why
+
+
 TERMINAL = frozenset({JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED})
 
 
@@ -82,6 +91,14 @@ class Job(BaseModel):
     callback_status: CallbackStatus | None = None
     callback_error: str | None = None
     result_url: str | None = None
+    mlflow_status: TrackingStatus | None = Field(
+        None, description="The job's MLflow run, when the service logs jobs to MLflow."
+    )
+    mlflow_run_id: str | None = Field(None, description="The MLflow run of this job.")
+    mlflow_run_url: str | None = Field(
+        None, description="That run in MLflow's web UI (when MLFLOW_UI_URL is set)."
+    )
+    mlflow_error: str | None = Field(None, description="Why logging to MLflow failed.")
 
     @classmethod
     def from_doc(cls, doc: JobDoc) -> Job:
@@ -112,6 +129,10 @@ class Job(BaseModel):
             callback_status=doc.get("callback_status"),
             callback_error=doc.get("callback_error"),
             result_url=f"/jobs/{doc['_id']}/result" if status == JobStatus.SUCCEEDED else None,
+            mlflow_status=doc.get("mlflow_status"),
+            mlflow_run_id=doc.get("mlflow_run_id"),
+            mlflow_run_url=doc.get("mlflow_run_url"),
+            mlflow_error=doc.get("mlflow_error"),
         )
 
 

@@ -64,6 +64,15 @@ class JobDoc(Claimable, total=False):
     merge_ts: float  # the merger's heartbeat; 0 until a merge is claimed
     merge_started_ts: float
     merge_deadline_ts: float  # absent until a merge is claimed
+    # MLflow tracking (absent while MLFLOW_TRACKING_URI is unset): see src.jobs.tracking
+    mlflow_status: str  # a TrackingStatus value
+    mlflow_attempts: int
+    mlflow_retry_ts: float  # when the sweep sends the logging (again)
+    mlflow_lease_ts: float  # a logging in progress holds the job until then; 0: none
+    mlflow_error: str | None
+    mlflow_run_id: str
+    mlflow_experiment_id: str
+    mlflow_run_url: str | None
 
 
 class PartDoc(Claimable, total=False):

@@ -176,3 +176,23 @@ def old_queued(sent_before: float) -> Filter:
 
 def expired(now: float) -> Filter:
     return {"expires_ts": {"$lt": now}}
+
+
+# MLflow tracking of finished jobs (src.jobs.tracking).
+TERMINAL_STATUSES = [JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED]
+TRACKING_OPEN = ["pending", "retrying"]  # TrackingStatus values still to be logged
+
+
+def untracked(job_id: str) -> Filter:
+    """A finished job whose MLflow logging was never asked for."""
+    return {"_id": job_id, "status": {"$in": TERMINAL_STATUSES}, "mlflow_status": None}
+
+
+def tracking_free(job_id: str, now: float) -> Filter:
+    """A job whose run is still to be logged, with no logging in progress."""
+    return {"_id": job_id, "mlflow_status": {"$in": TRACKING_OPEN}, "mlflow_lease_ts": {"$lt": now}}
+
+
+def tracking_due(now: float) -> Filter:
+    """Jobs whose logging the sweep sends (again): lost, or its retry time has come."""
+    return {"mlflow_status": {"$in": TRACKING_OPEN}, "mlflow_retry_ts": {"$lt": now}}

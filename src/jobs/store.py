@@ -162,6 +162,10 @@ class Records(Generic[Doc]):
         """Bookkeeping that is no status change (callback delivery)."""
         self.coll.update_one({"_id": record_id}, {"$set": fields})
 
+    def update_where(self, expected: rules.Filter, **fields: Any) -> Doc | None:
+        """`$set` fields if the record is as `expected`; the record after, or None."""
+        return self.coll.find_one_and_update(expected, {"$set": fields}, return_document=AFTER)
+
 
 class JobStore(Records[JobDoc]):
     """The worker's view of the jobs collection and of split jobs' parts (blocking PyMongo).

@@ -23,6 +23,7 @@ class SweepResult:
     resent: list[str] = field(default_factory=list)
     timed_out: list[str] = field(default_factory=list)  # sent to be failed, never requeued
     expired: list[str] = field(default_factory=list)
+    tracked: list[str] = field(default_factory=list)  # MLflow logging sent (again)
 
 
 def sweep(ctx: JobContext) -> SweepResult:
@@ -49,11 +50,19 @@ def sweep(ctx: JobContext) -> SweepResult:
     for job_id in store.ids(rules.stale_merge(stale_before)):
         senders.merge(job_id)  # its merger died; the merge claim lets one take over
         result.resent.append(job_id)
+    if senders.track is not None and ctx.settings.mlflow_tracking_uri:
+        for job_id in store.ids(rules.tracking_due(now)):
+            again = now + ctx.settings.requeue_queued_after_seconds
+            if store.update_where(
+                {**rules.tracking_due(now), "_id": job_id}, mlflow_retry_ts=again
+            ):
+                senders.track(job_id)
+                result.tracked.append(job_id)
     for job_id in store.ids(rules.expired(now)):
         layout.remove_job(ctx.files, job_id)
         store.delete_parts(job_id)
         store.delete(job_id)
         result.expired.append(job_id)
-    if any((result.requeued, result.resent, result.timed_out, result.expired)):
+    if any(vars(result).values()):
         log.info("sweep: %s", result)
     return result

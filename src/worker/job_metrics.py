@@ -48,6 +48,9 @@ class JobMetrics(JobEvents):
             instruments.OUTPUT_BYTES.inc(doc.get("result_bytes") or 0)
         self._counted.pop(doc["_id"], None)
 
+    def tracked(self, job_id: str, status: str) -> None:
+        instruments.MLFLOW_LOGGING.labels(outcome=status).inc()
+
 
 _task_started: dict[str, float] = {}
 

@@ -18,7 +18,7 @@ from src.core.config import get_settings
 from src.core.logging import log_context, setup_logging
 from src.core.storage import Storage, StorageUnavailable, open_storage
 from src.data.lossy import french_words
-from src.jobs import callbacks, merge, parts, run
+from src.jobs import callbacks, merge, parts, run, tracking
 from src.jobs.context import JobContext, Outcome, Senders, time_limits
 from src.jobs.model import JobStatus
 from src.jobs.records import job_of_part
@@ -30,7 +30,12 @@ from src.worker.job_metrics import JobMetrics
 log = logging.getLogger(__name__)
 setup_logging()
 
-SENDERS = Senders(clean=broker.send_clean, part=broker.send_part, merge=broker.send_merge)
+SENDERS = Senders(
+    clean=broker.send_clean,
+    part=broker.send_part,
+    merge=broker.send_merge,
+    track=broker.send_track,
+)
 
 
 @lru_cache(maxsize=1)
@@ -115,6 +120,9 @@ def _after(task: Task, outcome: Outcome, job_id: str) -> str:
         doc = store().get(job_id)
         if doc and doc.get("callback_url") and doc["status"] != JobStatus.RUNNING:
             callback.delay(job_id)
+    # GONE too: a queued job the API cancelled ends without a worker; its task comes here.
+    if tracking.wanted(store(), get_settings(), job_id):
+        broker.send_track(job_id)
     return outcome.value
 
 
@@ -151,6 +159,13 @@ def callback(self: Task, job_id: str) -> bool:
                 log.warning("job %s: callback given up: %s", job_id, exc)
                 return False
             raise self.retry(countdown=min(2**self.request.retries, 60)) from exc
+
+
+@app.task(name=broker.TRACK_TASK, autoretry_for=(PyMongoError,), max_retries=3)
+def track(job_id: str) -> str | None:
+    """Log a finished job to MLflow (MLFLOW_TRACKING_URI); its failures are the sweep's."""
+    with _job_log(job_id):
+        return tracking.track_job(context(), job_id)
 
 
 @app.task(name=broker.SWEEP_TASK, autoretry_for=(PyMongoError,), max_retries=3)
