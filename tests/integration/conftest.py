@@ -11,6 +11,7 @@ import os
 import subprocess
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import NoReturn
 
@@ -161,3 +162,29 @@ def upload(
             data=data,
             headers=headers,
         )
+
+
+@dataclass
+class Pair:
+    client: httpx.Client
+    db: str
+    hold: Path
+
+
+@contextlib.contextmanager
+def pair(stack: Stack, name: str, redis_db: int, beat: bool = False, **env: str) -> Iterator[Pair]:
+    """A worker (with the sweep when `beat`) and an API sharing a Redis database and a
+    store database of their own."""
+    db = f"cleaning_{name}"
+    env = {"REDIS_URL": f"redis://127.0.0.1:{stack.redis.port}/{redis_db}", "MONGO_DB": db, **env}
+    hold = stack.logs / f"hold-{name}"
+    worker = stack.start_worker(name, concurrency=2, beat=beat, hold_file=hold, **env)
+    try:
+        proc, base = stack.start_api(**env)
+        try:
+            with httpx.Client(base_url=base, timeout=30) as client:
+                yield Pair(client, db, hold)
+        finally:
+            stop(proc)
+    finally:
+        stop(worker)

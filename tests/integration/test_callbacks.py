@@ -20,9 +20,9 @@ import pytest
 from pymongo import MongoClient
 from standardwebhooks import Webhook, WebhookVerificationError
 
-from tests.integration.conftest import upload, wait_held, wait_job
+from tests.integration.conftest import Pair, pair, upload, wait_held, wait_job
 from tests.support.hold import held
-from tests.support.services import Stack, stop
+from tests.support.services import Stack
 
 SECRET = "whsec_c2lnbmVkIGJ5IHRoZSB0ZXN0IHN0YWNrIG9ubHkh"  # base64 of 24+ bytes
 PUBLIC = "http://93.184.215.14/hook"  # a public address: accepted without a lookup
@@ -81,31 +81,6 @@ def submitted(client: httpx.Client, path: Path, callback_url: str) -> str:
 def verified(headers: dict[str, str], body: bytes) -> dict:
     """What a receiver does (README, docs/api.md#callbacks): the job, or an exception."""
     return Webhook(SECRET).verify(body, headers)
-
-
-@dataclass
-class Pair:
-    client: httpx.Client
-    db: str
-    hold: Path
-
-
-@contextlib.contextmanager
-def pair(stack: Stack, name: str, redis_db: int, **env: str) -> Iterator[Pair]:
-    """A worker and an API sharing a Redis database and a store database of their own."""
-    db = f"cleaning_{name}"
-    env = {"REDIS_URL": f"redis://127.0.0.1:{stack.redis.port}/{redis_db}", "MONGO_DB": db, **env}
-    hold = stack.logs / f"hold-{name}"
-    worker = stack.start_worker(name, concurrency=2, hold_file=hold, **env)
-    try:
-        proc, base = stack.start_api(**env)
-        try:
-            with httpx.Client(base_url=base, timeout=30) as client:
-                yield Pair(client, db, hold)
-        finally:
-            stop(proc)
-    finally:
-        stop(worker)
 
 
 @pytest.fixture(scope="module")

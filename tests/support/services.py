@@ -481,3 +481,63 @@ class Prometheus:
 
     def stop(self) -> None:
         stop(self.proc)
+
+
+@dataclass
+class MlflowServer:
+    """A real MLflow tracking server (PyPI `mlflow`, dev group): SQLite backend, artifacts
+    proxied by the server into a local folder, as compose's server proxies them to MinIO.
+
+    `start` returns at once with the port chosen: `wait` blocks until it serves, so a test
+    can first use the address while nothing listens there (MLflow down).
+    """
+
+    port: int
+    workdir: Path
+    proc: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @classmethod
+    def at_free_port(cls, workdir: Path) -> MlflowServer:
+        if not (VENV_BIN / "mlflow").exists():
+            raise ServiceUnavailable("mlflow is not installed (uv sync: mlflow, dev group)")
+        workdir.mkdir(parents=True, exist_ok=True)
+        return cls(free_port(), workdir)
+
+    def start(self) -> MlflowServer:
+        if self.proc is None or self.proc.poll() is not None:
+            cmd = [
+                str(VENV_BIN / "mlflow"),
+                "server",
+                "--backend-store-uri",
+                f"sqlite:///{self.workdir / 'mlflow.db'}",
+                "--artifacts-destination",
+                str(self.workdir / "artifacts"),
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(self.port),
+                "--workers",
+                "1",
+            ]
+            self.proc = _spawn(cmd, self.workdir / "mlflow.log")
+        return self
+
+    def wait(self, timeout: float = 180) -> MlflowServer:
+        """Until it serves (its first start creates the database: tens of seconds)."""
+        try:
+            wait_for(self.ping, timeout, "mlflow server", self.start().proc)
+        except (RuntimeError, TimeoutError) as exc:
+            tail = (self.workdir / "mlflow.log").read_text(errors="replace")[-800:]
+            raise ServiceUnavailable(f"mlflow server did not start: {exc}\n{tail}") from exc
+        return self
+
+    def ping(self) -> bool:
+        return httpx.get(f"{self.url}/health", timeout=1).status_code == 200
+
+    def stop(self) -> None:
+        stop(self.proc)
+        self.proc = None
