@@ -242,11 +242,19 @@ def metrics(doc: JobDoc, report: CleaningReport | None) -> dict[str, float]:
 def lineage(files: Storage, doc: JobDoc, report: CleaningReport | None) -> Iterator[Dataset]:
     """The input and, once succeeded, the result: where they are and their sha256."""
     rows_in, rows_out = (report.rows_in, report.rows_out) if report else (None, None)
-    yield _dataset(files, doc["input"], doc["input_name"], "input", rows_in)
+    # MLflow keeps one dataset per (experiment, name, digest), with the source it was first
+    # logged with: the job in the name keeps each job's own location (files expire).
+    job = f"(job {doc['_id']})"
+    found = [(doc["input"], f"{doc['input_name']} {job}", "input", rows_in)]
     result = doc.get("result")
     if doc["status"] == JobStatus.SUCCEEDED and result:
-        name = f"{PurePosixPath(doc['input_name']).stem}.cleaned.{doc['output_format']}"
-        yield _dataset(files, result, name, "output", rows_out)
+        name = f"{PurePosixPath(doc['input_name']).stem}.cleaned.{doc['output_format']} {job}"
+        found.append((result, name, "output", rows_out))
+    for key, name, context, rows in found:
+        try:
+            yield _dataset(files, key, name, context, rows)
+        except FileNotFoundError:  # a `source` its owner removed since: nothing to trace
+            log.warning("job %s: %s %s is gone; not in the run's lineage", doc["_id"], context, key)
 
 
 def _dataset(files: Storage, key: str, name: str, context: str, rows: int | None) -> Dataset:
@@ -276,8 +284,12 @@ def artifacts(files: Storage, doc: JobDoc) -> Iterator[tuple[str, bytes, str]]:
     if doc["status"] != JobStatus.SUCCEEDED:
         return
     options = CleaningOptions.model_validate(doc["options"])
-    with files.fetch(doc["input"]) as source:
-        changes = sample.changed_values(source, options)
+    try:
+        with files.fetch(doc["input"]) as source:
+            changes = sample.changed_values(source, options)
+    except FileNotFoundError:
+        log.warning("job %s: its input is gone; no before/after sample", doc["_id"])
+        return
     title = f"What cleaning changed in {doc['input_name']}"
     yield "sample/changes.csv", sample.to_csv(changes).encode(), "text/csv"
     yield "sample/changes.html", sample.to_html(changes, title).encode(), "text/html"

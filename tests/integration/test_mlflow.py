@@ -24,7 +24,7 @@ from src.data.options import CleaningOptions
 from tests.integration.conftest import Pair, pair, unavailable, upload, wait_held, wait_job
 from tests.support.hold import held
 from tests.support.inputs import make_input
-from tests.support.services import MlflowServer, ServiceUnavailable, Stack
+from tests.support.services import MlflowServer, S3Bucket, ServiceUnavailable, Stack
 
 EXPERIMENT = "rakuten-cleaning-test"
 KEY = "mlops-secret-key"
@@ -169,6 +169,7 @@ def test_a_run_holds_options_counts_artifacts_and_lineage(
     result = p.client.get(f"/jobs/{job['id']}/result").content
     for context, content in (("input", sample_path.read_bytes()), ("output", result)):
         dataset, profile = inputs[context], json.loads(inputs[context].profile)
+        assert dataset.name.endswith(f" (job {job['id']})")
         assert profile["sha256"] == sha256(content) and profile["bytes"] == len(content)
         assert dataset.digest == sha256(content)[:32]
         assert dataset.source_type == "local"
@@ -223,6 +224,30 @@ def test_a_split_job_is_one_run(
     run = runs[0]
     assert run.data.tags["cleaning.parts"] == str(job["progress"]["parts_total"])
     assert run.data.metrics["rows_in"] == job["report"]["rows_in"]
+
+
+def test_lineage_of_a_job_in_the_bucket_names_its_s3_objects(
+    stack: Stack, s3: S3Bucket, mlflow: MlflowServer, sample_path: Path, client
+) -> None:
+    serving(mlflow)
+    env = {**s3.env("mlflow"), "MLFLOW_TRACKING_URI": mlflow.url, "MLFLOW_EXPERIMENT": EXPERIMENT}
+    with pair(stack, "mlflow_s3", 6, **env) as p:
+        job = finished(p, sample_path)
+        result = p.client.get(f"/jobs/{job['id']}/result").content
+    assert job["status"] == "succeeded" and job["mlflow_status"] == "logged", job
+    run = client.get_run(job["mlflow_run_id"])
+    inputs = {d.tags[0].value: d.dataset for d in run.inputs.dataset_inputs}
+    folder = f"s3://{s3.name}/mlflow/jobs/{job['id']}"
+    for context, key, content in (
+        ("input", "input.csv", sample_path.read_bytes()),
+        ("output", "result.csv", result),
+    ):
+        dataset = inputs[context]
+        assert dataset.source_type == "s3", dataset
+        assert json.loads(dataset.source)["uri"] == f"{folder}/{key}"
+        assert s3.read(f"mlflow/jobs/{job['id']}/{key}") == content
+        assert json.loads(dataset.profile)["sha256"] == sha256(content)
+    assert job["mlflow_run_url"] is None  # no MLFLOW_UI_URL: no link
 
 
 def test_without_mlflow_settings_jobs_carry_no_tracking(api: httpx.Client, sample_path) -> None:
