@@ -4,7 +4,7 @@ SHELL := /bin/bash
 UV_VERSION := 0.13.8
 UV := $(shell command -v uv >/dev/null 2>&1 && echo uv || echo python3 -m uv)
 
-.PHONY: venv services setup sample test unit lint format bench run e2e-docker
+.PHONY: venv services airflow setup sample test unit lint format bench run e2e-docker
 
 # uv from PyPI, then the locked environment. Debian's own python3 is "externally
 # managed", hence the fallbacks; apt only when there is no pip at all.
@@ -41,7 +41,13 @@ lint: venv
 unit: venv
 	$(UV) run pytest tests/unit
 
-test: lint services
+# Airflow 3 in its own locked environment (integrations/airflow/.venv), never the service's:
+# tests/integration/test_airflow.py runs the DAG with it. Cheap once installed (uv's cache).
+# --directory, not --project: uv then reads that project's settings, not the root's.
+airflow: venv
+	$(UV) sync --locked --directory integrations/airflow
+
+test: lint services airflow
 	$(UV) run pytest
 
 format:

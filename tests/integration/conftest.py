@@ -21,6 +21,7 @@ import pytest
 from src.core.config import Settings
 from tests.support.hold import held_pids
 from tests.support.services import (
+    MlflowServer,
     S3Bucket,
     S3Server,
     ServiceUnavailable,
@@ -72,6 +73,27 @@ def s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Bucket]:
         yield server.bucket(BUCKET)
     finally:
         server.stop()
+
+
+@pytest.fixture(scope="session")
+def mlflow(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MlflowServer]:
+    """A real MLflow tracking server's address; `serving(mlflow)` starts it (tens of seconds
+    the first time), so a test can also use the address while nothing listens there."""
+    try:
+        server = MlflowServer.at_free_port(tmp_path_factory.mktemp("mlflow"))
+    except ServiceUnavailable as exc:
+        unavailable("MLflow", exc)
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def serving(server: MlflowServer) -> MlflowServer:
+    try:
+        return server.wait()
+    except ServiceUnavailable as exc:
+        unavailable("MLflow", exc)
 
 
 def settings_for(stack: Stack, **overrides: object) -> Settings:

@@ -3,9 +3,8 @@
 Every job is read back through MLflow's own client (`MlflowClient`): its run, params,
 metrics, artifacts, dataset inputs with their digests, and its status.
 
-The first test runs while nothing listens at MLflow's address (MLflow down), then starts
-the server there: the sweep's retry logs the run. The module's other tests start it
-themselves, so each also runs alone.
+The first test stops the session's server (MLflow down), then starts it again: the
+sweep's retry logs the run. The other tests start it if need be, so each also runs alone.
 """
 
 from __future__ import annotations
@@ -21,10 +20,10 @@ import httpx
 import pytest
 
 from src.data.options import CleaningOptions
-from tests.integration.conftest import Pair, pair, unavailable, upload, wait_held, wait_job
+from tests.integration.conftest import Pair, pair, serving, upload, wait_held, wait_job
 from tests.support.hold import held
 from tests.support.inputs import make_input
-from tests.support.services import MlflowServer, S3Bucket, ServiceUnavailable, Stack
+from tests.support.services import MlflowServer, S3Bucket, Stack
 
 EXPERIMENT = "rakuten-cleaning-test"
 KEY = "mlops-secret-key"
@@ -33,26 +32,6 @@ OWNER = "mlops-team"
 
 def tracked(job: dict) -> bool:
     return job["mlflow_status"] in ("logged", "failed")
-
-
-@pytest.fixture(scope="module")
-def mlflow(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MlflowServer]:
-    """The server's address; not started yet (see the module's docstring)."""
-    try:
-        server = MlflowServer.at_free_port(tmp_path_factory.mktemp("mlflow"))
-    except ServiceUnavailable as exc:
-        unavailable("MLflow", exc)
-    try:
-        yield server
-    finally:
-        server.stop()
-
-
-def serving(server: MlflowServer) -> MlflowServer:
-    try:
-        return server.wait()
-    except ServiceUnavailable as exc:
-        unavailable("MLflow", exc)
 
 
 @pytest.fixture(scope="module")
@@ -93,6 +72,7 @@ def test_mlflow_down_the_job_succeeds_and_a_retry_logs_it_later(
     stack_with_mlflow: Pair, mlflow: MlflowServer, sample_path: Path, client
 ) -> None:
     p = stack_with_mlflow
+    mlflow.stop()  # another module may have started it
     r = upload(p.client, sample_path)
     assert r.status_code == 202, r.text
     down = wait_job(p.client, r.json()["id"], lambda j: j["mlflow_status"] is not None)
