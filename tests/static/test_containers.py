@@ -14,6 +14,7 @@ import re
 import shutil
 import subprocess
 import sys
+import tomllib
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -25,6 +26,11 @@ from src.core.config import Settings
 ROOT = Path(__file__).resolve().parents[2]
 VENV_BIN = Path(sys.executable).parent
 COMPONENT_DOCKERFILES = sorted(ROOT.glob("docker/*/Dockerfile"))
+# The service's own images, which share one recipe; docker/mlflow and docker/airflow
+# (the mlops profile) are small images of their own.
+SERVICE_DOCKERFILES = [
+    p for p in COMPONENT_DOCKERFILES if p.parent.name in ("api", "worker", "clean_data")
+]
 CI_DOCKERFILES = sorted(ROOT.glob("scripts/e2e-docker/*.Dockerfile"))
 COMPOSE_FILES = sorted(ROOT.glob("docker-compose*.yml"))
 # Not a component: the profiles docker-compose.yml puts its optional components behind.
@@ -35,12 +41,25 @@ CI_OVERRIDE = ROOT / "scripts/e2e-docker/compose.ci.yml"
 APP_SERVICES = {"api", "ml-worker", "beat", "mongodb", "redis", "cleaning"}
 # What `docker compose up -d` starts; everything else is behind a profile.
 CORE_SERVICES = {"api", "ml-worker", "beat", "mongodb", "redis"}
+# MLflow (docker-compose-mlflow.yml) and Airflow (docker-compose-airflow.yml).
+MLFLOW_SERVICES = {"postgres", "mlflow-bucket", "mlflow-server"}
+AIRFLOW_SERVICES = {
+    "airflow-postgres",
+    "airflow-init",
+    "airflow-webserver",
+    "airflow-scheduler",
+    "airflow-dag-processor",
+    "airflow-triggerer",
+}
+MLOPS_SERVICES = MLFLOW_SERVICES | AIRFLOW_SERVICES
+# Optional service → its profiles. MinIO is also MLflow's artifact store.
 OPTIONAL = {
-    "cleaning": "etl",
-    "minio": "storage",
-    "prometheus": "monitoring",
-    "grafana": "monitoring",
-    "flower": "debug",
+    "cleaning": ["etl"],
+    "minio": ["storage", "mlops"],
+    "prometheus": ["monitoring"],
+    "grafana": ["monitoring"],
+    "flower": ["debug"],
+    **{name: ["mlops"] for name in sorted(MLOPS_SERVICES)},
 }
 # The services that run the application's code and read its settings (src/core/config.py).
 APP_PROCESSES = ("api", "ml-worker", "beat")
@@ -114,13 +133,13 @@ def shared_recipe(dockerfile: Path) -> str:
 
 
 def test_one_recipe_shared_by_the_images() -> None:
-    recipes = {p.parent.name: shared_recipe(p) for p in COMPONENT_DOCKERFILES}
+    recipes = {p.parent.name: shared_recipe(p) for p in SERVICE_DOCKERFILES}
     first = next(iter(recipes.values()))
     assert all(r == first for r in recipes.values()), "docker/*/Dockerfile: shared recipes differ"
 
 
 def test_recipe_rules() -> None:
-    recipe = shared_recipe(COMPONENT_DOCKERFILES[0])
+    recipe = shared_recipe(SERVICE_DOCKERFILES[0])
     assert re.search(r"^ARG PYTHON_IMAGE=python:3\.11\.\d+-slim-\w+$", recipe, re.M)
     uv_image = re.search(r"^ARG UV_IMAGE=(\S+)$", recipe, re.M)
     assert uv_image and re.fullmatch(r"ghcr\.io/astral-sh/uv:\d+\.\d+\.\d+", uv_image[1])
@@ -140,7 +159,7 @@ def test_recipe_rules() -> None:
     assert "secret" not in runtime
 
 
-@pytest.mark.parametrize("dockerfile", COMPONENT_DOCKERFILES, ids=lambda p: p.parent.name)
+@pytest.mark.parametrize("dockerfile", SERVICE_DOCKERFILES, ids=lambda p: p.parent.name)
 def test_image_rules(dockerfile: Path) -> None:
     final = dockerfile.read_text().split(SHARED_END, 1)[1]
     assert re.search(r"^USER 1000$", final, re.M), "numeric non-root user"
@@ -214,6 +233,8 @@ EXTRA_SETTINGS = {"LOG_LEVEL", "LOG_FORMAT"}
 INTERNAL = {"PROMETHEUS_MULTIPROC_DIR"}
 # Credentials go only where they are used: the workers check no API key.
 API_ONLY = {"API_KEYS", "ADMIN_API_KEYS"}
+# The workers log the MLflow runs; the API only links to them (MLFLOW_UI_URL).
+WORKER_ONLY = {"MLFLOW_TRACKING_URI", "MLFLOW_EXPERIMENT", "MLFLOW_RETRIES"}
 REQUIRED = re.compile(r"\$\{(\w+):\?")
 
 
@@ -333,7 +354,7 @@ def test_root_file_only_includes_the_component_files() -> None:
     # the profiles file only gives profiles, to optional services
     overrides = yaml.safe_load(PROFILES_FILE.read_text())["services"]
     assert {name: spec["profiles"] for name, spec in overrides.items()} == {
-        name: [profile] for name, profile in OPTIONAL.items() if name != "flower"
+        name: profiles for name, profiles in OPTIONAL.items() if name != "flower"
     }
 
 
@@ -355,8 +376,8 @@ def test_up_starts_the_service_and_nothing_else(default_model: dict, model: dict
     assert set(services) == CORE_SERVICES | set(OPTIONAL)
     for name in CORE_SERVICES:
         assert not services[name].get("profiles"), name
-    for name, profile in OPTIONAL.items():
-        assert services[name]["profiles"] == [profile], name
+    for name, profiles in OPTIONAL.items():
+        assert services[name]["profiles"] == profiles, name
 
 
 def test_services_rules(model: dict) -> None:
@@ -412,7 +433,7 @@ def test_every_setting_reaches_the_services_from_env(
     example = example_lines()
     names = settings_env_names()
     compose_only = {k for k in example if k.endswith("_PORT") and k not in names}
-    compose_only |= {"API_BIND", "WORKER_MEM_LIMIT"}
+    compose_only |= {k for k in example if k.endswith("_BIND")} | {"WORKER_MEM_LIMIT"}
     sentinels = {k: f"sentinel-{k.lower()}" for k in example if k not in compose_only}
     env = write_env(tmp_path / "sentinels.env", {**read_env(env_file), **sentinels})
     services = load_model(compose, env)["services"]
@@ -421,16 +442,21 @@ def test_every_setting_reaches_the_services_from_env(
         environment = services[service]["environment"]
         assert set(environment) >= DERIVED, service
         wanted = (set(names) | EXTRA_SETTINGS) - DERIVED
-        if service != "api":
+        if service == "api":
+            wanted -= WORKER_ONLY
+        else:
             wanted -= API_ONLY
             assert not API_ONLY & set(environment), f"{service}: gets the API's keys"
         for name in wanted:
             value = environment.get(name)
             assert value in from_env, f"{service}: {name} cannot be set from .env ({value!r})"
-    # same name in .env as in the code, but for the keys of CLEANING_* (see .env.example)
-    api = services["api"]["environment"]
-    renamed = {n: from_env[api[n]] for n in set(names) - DERIVED if from_env[api[n]] != n}
-    assert all(key == f"CLEANING_{name}" for name, key in renamed.items()), renamed
+        # same name in .env as in the code, but for those of CLEANING_* (see .env.example)
+        renamed = {
+            n: from_env[environment[n]]
+            for n in set(names) - DERIVED
+            if n in environment and from_env[environment[n]] != n
+        }
+        assert all(key == f"CLEANING_{name}" for name, key in renamed.items()), renamed
 
 
 def test_settings_left_unset_keep_the_codes_defaults(default_model: dict) -> None:
@@ -492,6 +518,18 @@ def test_worker_bounds_follow_env(compose: list[str], env_file: Path, tmp_path: 
     assert int(worker["mem_limit"]) == 1 << 30
 
 
+AIRFLOW_INIT_SECRETS = {
+    name: "s"
+    for name in (
+        "AIRFLOW_POSTGRES_PASSWORD",
+        "AIRFLOW_JWT_SECRET",
+        "AIRFLOW_SECRET_KEY",
+        "AIRFLOW_ADMIN_PASSWORD",
+        "AIRFLOW_CLEANING_API_KEY",
+    )
+}
+
+
 @pytest.mark.parametrize(
     ("service", "refused", "accepted"),
     [
@@ -502,6 +540,19 @@ def test_worker_bounds_follow_env(compose: list[str], env_file: Path, tmp_path: 
         ),
         ("grafana", {"GF_SECURITY_ADMIN_PASSWORD": ""}, {"GF_SECURITY_ADMIN_PASSWORD": "p"}),
         ("flower", {"FLOWER_BASIC_AUTH": "user"}, {"FLOWER_BASIC_AUTH": "user:p"}),
+        ("postgres", {"POSTGRES_PASSWORD": ""}, {"POSTGRES_PASSWORD": "p"}),
+        ("airflow-postgres", {"POSTGRES_PASSWORD": ""}, {"POSTGRES_PASSWORD": "p"}),
+        (
+            "mlflow-bucket",
+            {"MINIO_ROOT_USER": "u", "MINIO_ROOT_PASSWORD": ""},
+            {"MINIO_ROOT_USER": "u", "MINIO_ROOT_PASSWORD": "12345678"},
+        ),
+        (
+            "mlflow-server",
+            {"PGPASSWORD": "p", "AWS_ACCESS_KEY_ID": "u"},
+            {"PGPASSWORD": "p", "AWS_ACCESS_KEY_ID": "u", "AWS_SECRET_ACCESS_KEY": "s"},
+        ),
+        ("airflow-init", AIRFLOW_INIT_SECRETS | {"AIRFLOW_JWT_SECRET": ""}, AIRFLOW_INIT_SECRETS),
     ],
 )
 def test_optional_component_refuses_to_start_without_its_secrets(
@@ -579,3 +630,234 @@ def test_no_default_credentials_in_the_container_files() -> None:
         text = path.read_text().lower()
         for word in ("changeme", "admin/admin", "password=admin", "minio123456", "minioadmin"):
             assert word not in text, f"{path.name}: {word}"
+
+
+# --- MLflow and Airflow: the mlops profile ---------------------------------------------
+
+MLFLOW_FILE = ROOT / "docker-compose-mlflow.yml"
+AIRFLOW_FILE = ROOT / "docker-compose-airflow.yml"
+# Run once and exit; every other mlops service runs for good and has a health check.
+ONE_SHOTS = {"mlflow-bucket", "airflow-init"}
+# Airflow's own services, which run the DAG's code (the init only migrates).
+AIRFLOW_RUNNERS = AIRFLOW_SERVICES - {"airflow-postgres", "airflow-init"}
+SECRET_NAME = re.compile(r"PASSWORD|SECRET|_KEY(_ID)?$")
+
+
+@pytest.mark.parametrize("compose_file", [MLFLOW_FILE, AIRFLOW_FILE], ids=lambda p: p.name)
+def test_mlops_file_valid_alone_with_env_example_as_it_is(
+    compose: list[str], compose_file: Path
+) -> None:
+    """`docker compose -f FILE config` with .env.example itself: its empty secrets are
+    asked for when a service starts, not by compose."""
+    result = compose_config(compose, ROOT / ".env.example", compose_file)
+    assert result.returncode == 0, result.stderr
+
+
+def test_mlops_profile_holds_exactly_mlflow_and_airflow(
+    compose: list[str], core_env_file: Path
+) -> None:
+    services = load_model(compose, core_env_file, profiles=("mlops",))["services"]
+    assert set(services) == CORE_SERVICES | MLOPS_SERVICES | {"minio"}
+    # alone, each file starts its own services (MLflow's with the MinIO it stores in)
+    alone = load_model(compose, core_env_file, MLFLOW_FILE, profiles=())["services"]
+    assert set(alone) == MLFLOW_SERVICES | {"minio"}
+    alone = load_model(compose, core_env_file, AIRFLOW_FILE, profiles=())["services"]
+    assert set(alone) == AIRFLOW_SERVICES
+
+
+def test_mlops_services_rules(model: dict) -> None:
+    services = model["services"]
+    for name in MLOPS_SERVICES:
+        service = services[name]
+        assert service.get("init") is True, name
+        assert set(service["networks"]) == {"mlops-network"}, name
+        # pinned: a version tag, the images built here included
+        assert re.search(r":v?\d+(\.\d+)+(-\w+)?$", service["image"]) or MINIO_TAG.search(
+            service["image"]
+        ), f"{name}: unpinned {service['image']}"
+        if name in ONE_SHOTS:
+            assert service["restart"] == "no", name
+        else:
+            assert service["restart"] == "unless-stopped", name
+            assert service["healthcheck"]["test"], name
+            assert not service["healthcheck"].get("disable"), name
+        for port in service.get("ports", []):
+            assert port["host_ip"] == "127.0.0.1", f"{name}: {port}"
+    published = {n: s["ports"] for n, s in services.items() if n in MLOPS_SERVICES and "ports" in s}
+    assert {n: [p["target"] for p in ports] for n, ports in published.items()} == {
+        "mlflow-server": [5000],
+        "airflow-webserver": [8080],
+    }, "only the two UIs are published; the databases are not"
+    assert [p["published"] for p in published["mlflow-server"]] == ["5000"]
+    assert [p["published"] for p in published["airflow-webserver"]] == ["8080"]
+    # the images built here carry the version they run, never :latest
+    assert services["mlflow-server"]["build"]["context"] == str(ROOT / "docker/mlflow")
+    assert services["airflow-init"]["build"]["context"] == str(ROOT / "docker/airflow")
+    for name in AIRFLOW_RUNNERS:
+        assert services[name]["image"] == services["airflow-init"]["image"], name
+        assert services[name]["pull_policy"] == "never", name
+
+
+def test_mlops_start_order(model: dict) -> None:
+    services = model["services"]
+
+    def depends(name: str) -> dict[str, str]:
+        return {d: spec["condition"] for d, spec in services[name]["depends_on"].items()}
+
+    assert depends("mlflow-bucket") == {"minio": "service_healthy"}
+    assert depends("mlflow-server") == {
+        "postgres": "service_healthy",
+        "mlflow-bucket": "service_completed_successfully",
+    }
+    assert depends("airflow-init") == {"airflow-postgres": "service_healthy"}
+    for name in AIRFLOW_RUNNERS:
+        assert depends(name) == {
+            "airflow-postgres": "service_healthy",
+            "airflow-init": "service_completed_successfully",
+        }, name
+
+
+def test_mlflow_server_proxies_artifacts_to_minio(model: dict) -> None:
+    """The workers upload artifacts over MLflow's REST API: the server must proxy them
+    (mlflow-artifacts:/) to the bucket `mlflow`, which the one-shot creates."""
+    services = model["services"]
+    server = services["mlflow-server"]
+    assert server["entrypoint"][-1] == "mlflow-server"
+    assert "exec mlflow server" in server["entrypoint"][2]
+    flags = server["command"]
+    assert {
+        "--host=0.0.0.0",
+        "--port=5000",
+        "--serve-artifacts",
+        "--default-artifact-root=mlflow-artifacts:/",
+        "--artifacts-destination=s3://mlflow",
+        "--backend-store-uri=postgresql+psycopg2://mlflow@postgres:5432/mlflow",
+    } <= set(flags), flags
+    env = server["environment"]
+    assert env["MLFLOW_S3_ENDPOINT_URL"] == "http://minio:9000"
+    # MLflow 3.5+ refuses Host headers it does not know: the name the workers use is one
+    assert {"mlflow-server:*", "localhost:*"} <= set(env["MLFLOW_SERVER_ALLOWED_HOSTS"].split(","))
+    assert services["postgres"]["environment"]["POSTGRES_DB"] == "mlflow"
+    assert "mc mb --ignore-existing store/mlflow" in services["mlflow-bucket"]["entrypoint"][2]
+
+
+def test_mlops_secrets_come_from_env(compose: list[str], env_file: Path) -> None:
+    """No secret is written in the files: rendered with .env.example (secrets empty)
+    every secret-like value is empty, and with a filled .env each is that .env's value."""
+    values = read_env(env_file)
+    for compose_file in (MLFLOW_FILE, AIRFLOW_FILE):
+        empty = load_model(compose, ROOT / ".env.example", compose_file, profiles=())
+        filled = load_model(compose, env_file, compose_file, profiles=())
+        assert set(empty["services"]) == set(filled["services"])
+        for name, service in empty["services"].items():
+            for key, value in (service.get("environment") or {}).items():
+                if SECRET_NAME.search(key):
+                    assert not value, f"{name}: {key} has a value of its own"
+                # no password inside a URL or a connection either
+                for m in re.finditer(r"://[^/@\s\"]*:([^/@\s\"]*)@", value or ""):
+                    assert not m[1], f"{name}: {key} carries a password"
+                if key.startswith("AIRFLOW_CONN_"):
+                    assert json.loads(value)["password"] == "", f"{name}: {key}"
+    services = load_model(compose, env_file)["services"]
+    assert (
+        services["postgres"]["environment"]["POSTGRES_PASSWORD"]
+        == values["MLFLOW_POSTGRES_PASSWORD"]
+    )
+    assert (
+        services["mlflow-server"]["environment"]["PGPASSWORD"] == values["MLFLOW_POSTGRES_PASSWORD"]
+    )
+    assert (
+        services["mlflow-server"]["environment"]["AWS_SECRET_ACCESS_KEY"]
+        == values["MINIO_ROOT_PASSWORD"]
+    )
+    airflow = services["airflow-webserver"]["environment"]
+    assert airflow["AIRFLOW__API_AUTH__JWT_SECRET"] == values["AIRFLOW_JWT_SECRET"]
+    assert airflow["AIRFLOW__API__SECRET_KEY"] == values["AIRFLOW_SECRET_KEY"]
+    assert (
+        f":{values['AIRFLOW_POSTGRES_PASSWORD']}@airflow-postgres:5432/"
+        in airflow["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"]
+    )
+
+
+def test_airflow_runs_the_dag_folder_against_the_api(model: dict, env_file: Path) -> None:
+    """The DAG and plugins folders are integrations/airflow's; `import src.client` works from the
+    mounted sources; the connection cleaning_api is the API on mlops-network with a key."""
+    services = model["services"]
+    key = read_env(env_file)["AIRFLOW_CLEANING_API_KEY"]
+    for name in AIRFLOW_RUNNERS:
+        service = services[name]
+        mounts = {v["target"]: v for v in service["volumes"]}
+        dags = mounts["/opt/airflow/dags"]
+        assert dags["source"] == str(ROOT / "integrations/airflow/dags"), name
+        plugins = mounts["/opt/airflow/plugins"]  # the operator and its trigger
+        assert plugins["source"] == str(ROOT / "integrations/airflow/plugins"), name
+        assert (ROOT / "integrations/airflow/plugins/cleaning_service.py").is_file()
+        src = mounts["/opt/cleaning/src"]
+        assert src["source"] == str(ROOT / "src"), name
+        for mount in (dags, plugins, src):
+            assert mount["read_only"] is True and mount["bind"]["create_host_path"] is False
+        env = service["environment"]
+        assert "/opt/cleaning" in env["PYTHONPATH"].split(":"), name
+        conn = json.loads(env["AIRFLOW_CONN_CLEANING_API"])
+        assert conn == {"conn_type": "http", "host": "http://api:8000", "password": key}, name
+        assert env["AIRFLOW__CORE__EXECUTION_API_SERVER_URL"] == (
+            "http://airflow-webserver:8080/execution/"
+        )
+        assert env["AIRFLOW__CORE__EXECUTOR"] == "LocalExecutor"
+    commands = {name: services[name]["command"] for name in AIRFLOW_RUNNERS}
+    assert commands == {
+        "airflow-webserver": ["api-server"],
+        "airflow-scheduler": ["scheduler"],
+        "airflow-dag-processor": ["dag-processor"],
+        # the DAG defers its wait to a trigger: without a triggerer it would never end
+        "airflow-triggerer": ["triggerer"],
+    }
+    init = services["airflow-init"]["entrypoint"][2]
+    assert init.index("airflow db migrate") < init.index("airflow users create --role Admin")
+
+
+def test_mlflow_tracking_is_off_unless_env_turns_it_on(
+    default_model: dict, compose: list[str], env_file: Path, tmp_path: Path
+) -> None:
+    """The core stack runs without MLflow; CLEANING_MLFLOW_TRACKING_URI sends the workers'
+    runs to the mlops profile's server, MLFLOW_UI_URL reaches the API for its links."""
+    for name in ("ml-worker", "beat"):
+        assert default_model["services"][name]["environment"]["MLFLOW_TRACKING_URI"] == ""
+    values = {
+        **read_env(env_file),
+        "CLEANING_MLFLOW_TRACKING_URI": "http://mlflow-server:5000",
+        "MLFLOW_UI_URL": "http://localhost:5000",
+    }
+    services = load_model(compose, write_env(tmp_path / "mlflow.env", values))["services"]
+    for name in ("ml-worker", "beat"):
+        env = services[name]["environment"]
+        assert env["MLFLOW_TRACKING_URI"] == "http://mlflow-server:5000", name
+        assert env["MLFLOW_UI_URL"] == "http://localhost:5000", name
+    assert services["api"]["environment"]["MLFLOW_UI_URL"] == "http://localhost:5000"
+
+
+def test_mlops_images_are_pinned_to_what_the_project_tests() -> None:
+    """docker/mlflow: every package pinned with hashes, the server at the version the
+    dev group's tests run (uv.lock); docker/airflow: the version its tag says, and the
+    client's httpx-sse at uv.lock's version."""
+    for name in ("mlflow", "airflow"):
+        assert (ROOT / "docker" / name / "README.md").is_file(), name
+    lines = (ROOT / "docker/mlflow/requirements.txt").read_text().splitlines()
+    pins = [line.split(" ")[0] for line in lines if line and line[0].isalnum()]
+    assert pins and all(re.fullmatch(r"[\w.-]+==[\w.]+", p) for p in pins), pins
+    assert sum("--hash=sha256:" in line for line in lines) >= len(pins)
+    locked = {
+        p["name"]: p["version"] for p in tomllib.loads((ROOT / "uv.lock").read_text())["package"]
+    }
+    assert f"mlflow=={locked['mlflow']}" in pins, "the server the tests ran against"
+    compose_text = MLFLOW_FILE.read_text()
+    assert f"image: mlops-rakuten/mlflow:{locked['mlflow']}" in compose_text
+    dockerfile = (ROOT / "docker/mlflow/Dockerfile").read_text()
+    api = (ROOT / "docker/api/Dockerfile").read_text()
+    base = re.search(r"^ARG PYTHON_IMAGE=(\S+)$", api, re.M)
+    assert base and f"ARG PYTHON_IMAGE={base[1]}" in dockerfile
+    assert re.search(r"^USER 1000$", dockerfile, re.M) and "--require-hashes" in dockerfile
+    airflow = (ROOT / "docker/airflow/Dockerfile").read_text()
+    version = re.search(r"^ARG AIRFLOW_VERSION=(\d+\.\d+\.\d+)$", airflow, re.M)
+    assert version and f"image: mlops-rakuten/airflow:{version[1]}" in AIRFLOW_FILE.read_text()
+    assert f'"httpx-sse=={locked["httpx-sse"]}"' in airflow
