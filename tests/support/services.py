@@ -523,7 +523,9 @@ class MlflowServer:
                 "--workers",
                 "1",
             ]
-            self.proc = _spawn(cmd, self.workdir / "mlflow.log")
+            # No telemetry: the server would otherwise try to reach MLflow's hosts.
+            env = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true", "DO_NOT_TRACK": "true"}
+            self.proc = _spawn(cmd, self.workdir / "mlflow.log", env)
         return self
 
     def wait(self, timeout: float = 180) -> MlflowServer:
