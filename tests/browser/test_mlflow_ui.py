@@ -19,27 +19,16 @@ import os
 import re
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
-from urllib.parse import urlsplit
 
 import httpx
 import pytest
-from playwright.sync_api import (
-    Browser,
-    BrowserContext,
-    Locator,
-    Page,
-    Request,
-    Response,
-    Route,
-    expect,
-)
+from playwright.sync_api import Browser, BrowserContext, Locator, Page, ViewportSize, expect
 
 from src.data.options import CleaningOptions
-from tests.browser.conftest import unavailable
-from tests.conftest import SAMPLE
-from tests.support.services import ROOT, MlflowServer, ServiceUnavailable, Stack, stop
+from tests.browser.conftest import Traffic, offline_context
+from tests.conftest import SAMPLE, serving
+from tests.support.services import ROOT, MlflowServer, Stack, stop
 
 KEY = "mlflow-ui-key"
 OWNER = "mlops-team"
@@ -48,8 +37,7 @@ RUN_NAME = f"clean {SAMPLE.name}"
 OUTPUT = f"{SAMPLE.stem}.cleaned.csv"
 INPUT_SHA256 = hashlib.sha256(SAMPLE.read_bytes()).hexdigest()
 DIGEST_CHARS = 32  # MLflow shows a prefix of a digest; the full sha256 is in the profile
-LOCAL_HOST = "127.0.0.1"
-VIEWPORT = {"width": 1400, "height": 1000}
+VIEWPORT: ViewportSize = {"width": 1400, "height": 1000}
 # MLflow's UI is one large bundle: its first load takes seconds on a busy machine. Every
 # wait is on a page state, never a fixed sleep.
 TIMEOUT_MS = 60_000
@@ -59,36 +47,9 @@ WHO_AM_I = "/ajax-api/2.0/mlflow/users/current"
 RESIZE_OBSERVER = re.compile(r"ResizeObserver loop (completed|limit exceeded)")
 
 
-@dataclass
-class Traffic:
-    """Every request a browser context made (those to other hosts aborted), and what
-    went wrong in its pages."""
-
-    urls: list[str] = field(default_factory=list)
-    page_errors: list[str] = field(default_factory=list)
-    console_errors: list[tuple[str, str]] = field(default_factory=list)  # (text, source URL)
-    http_errors: list[tuple[int, str]] = field(default_factory=list)
-
-    def outside(self) -> list[str]:
-        return [u for u in self.urls if not _on_host(u)]
-
-    def assert_offline(self) -> None:
-        assert self.outside() == [], "requests left the host"
-        assert self.page_errors == [], "uncaught errors in the page"
-        failed = [(s, u) for s, u in self.http_errors if urlsplit(u).path != WHO_AM_I]
-        assert failed == [], "requests the server refused"
-        unexpected = [
-            (text, url)
-            for text, url in self.console_errors
-            if not RESIZE_OBSERVER.search(text) and urlsplit(url).path != WHO_AM_I
-        ]
-        assert unexpected == [], "errors in the browser console"
-
-
-def _on_host(url: str) -> bool:
-    parts = urlsplit(url)
-    # data: and blob: URLs are made in the page (MLflow previews artifacts from blobs).
-    return parts.scheme in ("data", "blob") or parts.hostname == LOCAL_HOST
+def assert_offline(traffic: Traffic) -> None:
+    """Nothing left the host and nothing failed, but for what MLflow's UI is known to do."""
+    traffic.assert_offline(allowed_paths={WHO_AM_I}, allowed_console=[RESIZE_OBSERVER])
 
 
 def sha256(data: bytes) -> str:
@@ -104,29 +65,13 @@ def patient_expect() -> Iterator[None]:
 
 
 @pytest.fixture(scope="module")
-def mlflow(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MlflowServer]:
-    """One server for the module: its first start takes tens of seconds."""
-    try:
-        server = MlflowServer.at_free_port(tmp_path_factory.mktemp("mlflow-ui"))
-    except ServiceUnavailable as exc:
-        unavailable("MLflow", exc)
-    try:
-        try:
-            server.wait()
-        except ServiceUnavailable as exc:
-            unavailable("MLflow", exc)
-        yield server
-    finally:
-        server.stop()
-
-
-@pytest.fixture(scope="module")
 def api(stack: Stack, mlflow: MlflowServer) -> Iterator[str]:
     """A worker (with the sweep, which retries a logging that failed) and the API, both
-    logging to `mlflow`; the API's base URL."""
+    logging to the session's `mlflow` (started here); the API's base URL."""
+    url = serving(mlflow).url
     env = {
-        "MLFLOW_TRACKING_URI": mlflow.url,
-        "MLFLOW_UI_URL": mlflow.url,
+        "MLFLOW_TRACKING_URI": url,
+        "MLFLOW_UI_URL": url,
         "API_KEYS": f"{OWNER}:{KEY}",
     }
     worker = stack.start_worker("mlflow-ui", concurrency=1, beat=True, **env)
@@ -170,38 +115,8 @@ def _wait_logged(client: httpx.Client, job_id: str, timeout: float = 240) -> dic
 @pytest.fixture
 def context(browser: Browser) -> Iterator[tuple[BrowserContext, Traffic]]:
     """A fresh profile (MLflow's UI keeps its choices in localStorage)."""
-    context = browser.new_context(viewport=VIEWPORT)
-    context.set_default_timeout(TIMEOUT_MS)
-    traffic = Traffic()
-
-    def only_this_host(route: Route, request: Request) -> None:
-        traffic.urls.append(request.url)
-        if _on_host(request.url):
-            route.continue_()
-        else:
-            route.abort("blockedbyclient")
-
-    def failed(response: Response) -> None:
-        if response.status >= 400:
-            traffic.http_errors.append((response.status, response.url))
-
-    context.route("**/*", only_this_host)
-
-    def watch(page: Page) -> None:
-        page.on("pageerror", lambda e: traffic.page_errors.append(str(e)))
-        page.on("response", failed)
-        page.on(
-            "console",
-            lambda m: (
-                traffic.console_errors.append((m.text, m.location.get("url", "")))
-                if m.type == "error"
-                else None
-            ),
-        )
-
-    context.on("page", watch)
-    yield context, traffic
-    context.close()
+    with offline_context(browser, VIEWPORT, TIMEOUT_MS) as ct:
+        yield ct
 
 
 def _shot(name: str, tmp_path: Path) -> Path:
@@ -278,7 +193,7 @@ def test_run_page_shows_the_job_status_params_metrics_and_datasets(
     page.keyboard.press("Escape")
     expect(more).to_have_count(0)
 
-    traffic.assert_offline()
+    assert_offline(traffic)
 
 
 def _screenshot_overview(page: Page, path: Path) -> None:
@@ -327,7 +242,7 @@ def test_dataset_details_give_input_and_output_with_their_sha256(
     expect(drawer).to_contain_text(f"rows: {job['report']['rows_out']}")
     expect(drawer).to_contain_text(f"Path: {stack.data_dir}/jobs/{job['id']}/result.csv")
 
-    traffic.assert_offline()
+    assert_offline(traffic)
 
 
 def test_artifacts_hold_the_report_and_a_readable_sample(
@@ -359,5 +274,5 @@ def test_artifacts_hold_the_report_and_a_readable_sample(
     expect(marked_up.first).to_be_visible()
     expect(marked_up.first.locator("td:nth-child(5)")).not_to_contain_text("<p>")
 
-    traffic.assert_offline()
+    assert_offline(traffic)
     page.screenshot(path=_shot("mlflow-sample.png", tmp_path))

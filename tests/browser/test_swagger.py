@@ -14,61 +14,24 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import subprocess
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
 import httpx
 import pytest
-from playwright.sync_api import Browser, BrowserContext, Page, Request, Route, expect
+from playwright.sync_api import Browser, BrowserContext, Page, expect
 
+from tests.browser.conftest import Traffic, offline_context
 from tests.conftest import SAMPLE
 from tests.support.services import ROOT, Stack, stop
 
 KEY = "browser-test-key"
 TITLE = "Product-data cleaning service"
-LOCAL_HOST = "127.0.0.1"
 # Generous for a loaded CI machine; every wait is on a page state, never a fixed sleep.
 TIMEOUT_MS = 30_000
-# Chromium's console line for a load the page's policy stopped: only other hosts' URLs.
-CSP_REFUSED = re.compile(r"^Loading the \w+ 'https?://(?!127\.0\.0\.1[:/])[^']+' violates")
-
-
-@dataclass
-class Traffic:
-    """Every request a browser context made; those to other hosts were aborted."""
-
-    urls: list[str] = field(default_factory=list)
-    page_errors: list[str] = field(default_factory=list)
-    console_errors: list[str] = field(default_factory=list)
-
-    def outside(self) -> list[str]:
-        """Requests to other hosts that reached the network layer (aborted here)."""
-        return [u for u in self.urls if not _on_host(u)]
-
-    def refused(self) -> list[str]:
-        """Loads the page's Content-Security-Policy refused: never sent at all."""
-        return [m for m in self.console_errors if "Content Security Policy" in m]
-
-    def assert_offline(self, allow_refused: bool = False) -> None:
-        assert self.outside() == [], "requests left the host"
-        assert self.page_errors == [], "uncaught errors in the page"
-        if allow_refused:
-            assert all(CSP_REFUSED.search(m) for m in self.refused()), self.refused()
-            others = [m for m in self.console_errors if m not in self.refused()]
-            assert others == [], "errors in the browser console"
-        else:
-            assert self.console_errors == [], "errors in the browser console"
-
-
-def _on_host(url: str) -> bool:
-    parts = urlsplit(url)
-    # data: and blob: URLs are made in the page itself; nothing goes on the network.
-    return parts.scheme in ("data", "blob") or parts.hostname == LOCAL_HOST
 
 
 @pytest.fixture(scope="module")
@@ -87,29 +50,8 @@ def base_url(stack: Stack, worker: subprocess.Popen) -> Iterator[str]:
 
 @pytest.fixture
 def context(browser: Browser) -> Iterator[tuple[BrowserContext, Traffic]]:
-    context = browser.new_context(viewport={"width": 1280, "height": 900})
-    context.set_default_timeout(TIMEOUT_MS)
-    traffic = Traffic()
-
-    def only_this_host(route: Route, request: Request) -> None:
-        traffic.urls.append(request.url)
-        if _on_host(request.url):
-            route.continue_()
-        else:
-            route.abort("blockedbyclient")
-
-    context.route("**/*", only_this_host)
-
-    def watch(page: Page) -> None:
-        page.on("pageerror", lambda e: traffic.page_errors.append(str(e)))
-        page.on(
-            "console",
-            lambda m: traffic.console_errors.append(m.text) if m.type == "error" else None,
-        )
-
-    context.on("page", watch)
-    yield context, traffic
-    context.close()
+    with offline_context(browser, {"width": 1280, "height": 900}, TIMEOUT_MS) as ct:
+        yield ct
 
 
 def _operations(base_url: str) -> set[tuple[str, str]]:

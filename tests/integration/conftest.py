@@ -7,13 +7,11 @@ when CI=true: CI never passes without running the integration suite.
 from __future__ import annotations
 
 import contextlib
-import os
 import subprocess
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import NoReturn
 
 import httpx
 import pytest
@@ -21,13 +19,13 @@ import pytest
 from src.core.config import Settings
 from tests.support.hold import held_pids
 from tests.support.services import (
-    MlflowServer,
     S3Bucket,
     S3Server,
     ServiceUnavailable,
     Stack,
     running_stack,
     stop,
+    unavailable,
 )
 
 TERMINAL = {"succeeded", "failed", "cancelled"}
@@ -38,13 +36,6 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if "integration" in str(item.path):
             item.add_marker(pytest.mark.integration)
-
-
-def unavailable(what: str, exc: Exception) -> NoReturn:
-    """Skip on a developer machine; fail in CI, where every service must be there."""
-    if os.environ.get("CI") == "true":
-        pytest.fail(f"{what} unavailable in CI: {exc}")
-    pytest.skip(f"{what} unavailable: {exc}")
 
 
 @contextlib.contextmanager
@@ -73,27 +64,6 @@ def s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Bucket]:
         yield server.bucket(BUCKET)
     finally:
         server.stop()
-
-
-@pytest.fixture(scope="session")
-def mlflow(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MlflowServer]:
-    """A real MLflow tracking server's address; `serving(mlflow)` starts it (tens of seconds
-    the first time), so a test can also use the address while nothing listens there."""
-    try:
-        server = MlflowServer.at_free_port(tmp_path_factory.mktemp("mlflow"))
-    except ServiceUnavailable as exc:
-        unavailable("MLflow", exc)
-    try:
-        yield server
-    finally:
-        server.stop()
-
-
-def serving(server: MlflowServer) -> MlflowServer:
-    try:
-        return server.wait()
-    except ServiceUnavailable as exc:
-        unavailable("MLflow", exc)
 
 
 def settings_for(stack: Stack, **overrides: object) -> Settings:

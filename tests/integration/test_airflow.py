@@ -30,9 +30,10 @@ from typing import Any, TypeVar
 import httpx
 import pytest
 
-from tests.integration.conftest import Pair, pair, serving, unavailable, wait_held
+from tests.conftest import serving
+from tests.integration.conftest import Pair, pair, wait_held
 from tests.support.hold import held
-from tests.support.services import ROOT, MlflowServer, Stack, stop
+from tests.support.services import ROOT, MlflowServer, Stack, stop, unavailable
 
 INTEGRATION = ROOT / "integrations" / "airflow"
 AIRFLOW = INTEGRATION / ".venv" / "bin" / "airflow"

@@ -20,7 +20,8 @@ import httpx
 import pytest
 
 from src.data.options import CleaningOptions
-from tests.integration.conftest import Pair, pair, serving, upload, wait_held, wait_job
+from tests.conftest import serving
+from tests.integration.conftest import Pair, pair, upload, wait_held, wait_job
 from tests.support.hold import held
 from tests.support.inputs import make_input
 from tests.support.services import MlflowServer, S3Bucket, Stack

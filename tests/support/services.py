@@ -19,9 +19,10 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NoReturn
 
 import httpx
+import pytest
 
 from tests.support.hold import HOLD_ENV
 
@@ -34,6 +35,13 @@ VENV_BIN = Path(sys.executable).parent
 
 class ServiceUnavailable(RuntimeError):
     """A service binary is missing on this machine."""
+
+
+def unavailable(what: str, exc: Exception | str) -> NoReturn:
+    """Skip on a developer machine; fail in CI, where every service and tool must be there."""
+    if os.environ.get("CI") == "true":
+        pytest.fail(f"{what} unavailable in CI: {exc}")
+    pytest.skip(f"{what} unavailable: {exc}")
 
 
 def free_port() -> int:
