@@ -13,6 +13,7 @@ from src.api import errors, ratelimit
 from src.api.errors import ApiError
 from src.api.watch import JobWatcher
 from src.core.config import Settings
+from src.core.notify import Listener
 from src.core.storage import Storage
 from src.jobs.async_store import AsyncJobStore
 from src.jobs.records import JobDoc
@@ -31,18 +32,27 @@ async def get_files(request: Request) -> Storage:
     return request.app.state.files
 
 
+async def get_notices(request: Request) -> Listener:
+    """The app's one subscription to job change notices (made by `create_app`)."""
+    return request.app.state.notices
+
+
 async def get_watcher(
-    request: Request, store: Annotated[AsyncJobStore, Depends(get_store)]
+    request: Request,
+    store: Annotated[AsyncJobStore, Depends(get_store)],
+    notices: Annotated[Listener, Depends(get_notices)],
 ) -> JobWatcher:
     """One watcher per app (and store), made at first use."""
     watcher: JobWatcher | None = getattr(request.app.state, "watcher", None)
     if watcher is None or watcher.store is not store:
-        watcher = request.app.state.watcher = JobWatcher(store)
+        fallback = request.app.state.settings.watch_fallback_seconds
+        watcher = request.app.state.watcher = JobWatcher(store, notices, fallback)
     return watcher
 
 
 SettingsDep = Annotated[Settings, Depends(get_settings_dep)]
 WatcherDep = Annotated[JobWatcher, Depends(get_watcher)]
+NoticesDep = Annotated[Listener, Depends(get_notices)]
 FilesDep = Annotated[Storage, Depends(get_files)]
 JobStoreDep = Annotated[AsyncJobStore, Depends(get_store)]
 

@@ -18,6 +18,7 @@ from src.api.routes import health, jobs, problems, submit
 from src.core import broker
 from src.core.config import Settings, get_settings
 from src.core.logging import setup_logging
+from src.core.notify import Listener
 from src.core.storage import Storage, open_storage
 from src.jobs.async_store import AsyncJobStore
 
@@ -72,6 +73,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         warm.cancel()
         indexes.cancel()
         bucket.cancel()
+        await app.state.notices.close()
         await store.close()
         state.close()
 
@@ -93,6 +95,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.settings = settings
     app.state.files = open_storage(settings)
+    app.state.notices = Listener(settings.redis_url, name="cleaning-api")  # at first waiter
     install_error_handlers(app)
     app.include_router(health.router)
     app.include_router(submit.router)

@@ -46,6 +46,12 @@ class Settings(BaseSettings):
         10, ge=0, description="MAX_STREAMS_PER_KEY: open event streams per key and API process"
     )
     docs_enabled: bool = Field(True, description="DOCS_ENABLED: serve /docs and /openapi.json")
+    watch_fallback_seconds: float = Field(
+        5.0,
+        gt=0,
+        description="WATCH_FALLBACK_SECONDS: `?wait=` and event streams are woken by change "
+        "notices (Redis pub/sub); they read the store this often without one all the same",
+    )
 
     job_retention_hours: float = Field(
         168, gt=0, description="JOB_RETENTION_HOURS: jobs and their files expire after this"

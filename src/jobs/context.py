@@ -81,9 +81,10 @@ def time_limit_error(limit: float, where: str = "") -> str:
 
 
 class JobEvents:
-    """What happened to a job, for whoever watches (the worker records metrics from it).
+    """What happened to a job, for whoever watches (the worker records metrics from it,
+    and tells the API which job changed: every change of a job's record is one of these).
 
-    The default does nothing; `src.jobs` knows no metrics library.
+    The default does nothing; `src.jobs` knows no metrics library, nor Redis.
     """
 
     def claimed(self, doc: JobDoc) -> None:
@@ -97,6 +98,9 @@ class JobEvents:
 
     def tracked(self, job_id: str, status: str) -> None:
         """An attempt to log the job to MLflow ended: logged, retrying or failed."""
+
+    def changed(self, job_id: str) -> None:
+        """The job's record changed otherwise: split, a part's rows added, requeued, expired."""
 
 
 @dataclass(frozen=True)

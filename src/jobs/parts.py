@@ -62,6 +62,7 @@ def start(ctx: JobContext, doc: JobDoc, ranges: Ranges) -> Outcome:
     if not ctx.store.split(job_id, ctx.worker, docs, ranges[-1][1]):
         log.warning("job %s: claim lost while splitting", job_id)
         return Outcome.GONE
+    notify(ctx.events.changed, job_id)
     for part in docs:
         ctx.senders.part(part["_id"])
     log.info("job %s: split into %s parts of ~%s bytes", job_id, len(docs), ctx.settings.part_bytes)
@@ -128,6 +129,7 @@ def run_part(ctx: JobContext, part: str) -> Outcome:
     label = f"part {claimed['index'] + 1}/{job.get('parts_total')}"
     if before.get("rows_done") or before.get("bytes_done"):  # the lost attempt's progress
         store.add_split_progress(job_id, -before.get("rows_done", 0), -before.get("bytes_done", 0))
+        notify(ctx.events.changed, job_id)
     log.info("job %s: %s claimed by %s (attempt %s)", job_id, label, worker, claimed["attempts"])
     size = claimed["end"] - claimed["start"]
     counted = [0, 0]
@@ -192,6 +194,7 @@ def run_part(ctx: JobContext, part: str) -> Outcome:
     if done is None:
         return Outcome.GONE
     store.add_split_progress(job_id, result.rows - counted[0], size - counted[1], parts_done=1)
+    notify(ctx.events.changed, job_id)
     log.info("job %s: %s done, %s rows", job_id, label, result.rows)
     _merge_if_complete(ctx, job_id)
     return Outcome.DONE

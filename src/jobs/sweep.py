@@ -12,7 +12,8 @@ import time
 from dataclasses import dataclass, field
 
 from src.jobs import layout, rules
-from src.jobs.context import JobContext
+from src.jobs.context import JobContext, notify
+from src.jobs.records import job_of_part
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +39,7 @@ def sweep(ctx: JobContext) -> SweepResult:
     for records, send in ((store, senders.clean), (store.parts, senders.part)):
         for record_id in records.ids(rules.stale_running(stale_before)):
             if records.requeue(record_id, stale_before):
+                notify(ctx.events.changed, job_of_part(record_id))
                 send(record_id)
                 result.requeued.append(record_id)
             elif records.resend_timed_out(record_id, stale_before):
@@ -62,6 +64,7 @@ def sweep(ctx: JobContext) -> SweepResult:
         layout.remove_job(ctx.files, job_id)
         store.delete_parts(job_id)
         store.delete(job_id)
+        notify(ctx.events.changed, job_id)
         result.expired.append(job_id)
     if any(vars(result).values()):
         log.info("sweep: %s", result)

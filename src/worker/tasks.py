@@ -16,6 +16,7 @@ from pymongo.errors import PyMongoError
 from src.core import broker
 from src.core.config import get_settings
 from src.core.logging import log_context, setup_logging
+from src.core.notify import Publisher
 from src.core.storage import Storage, StorageUnavailable, open_storage
 from src.data.lossy import french_words
 from src.jobs import callbacks, merge, parts, run, tracking
@@ -45,6 +46,12 @@ def store() -> JobStore:
 
 
 @lru_cache(maxsize=1)
+def publisher() -> Publisher:
+    """Change notices for the API (best effort); one Redis client per process."""
+    return Publisher(get_settings().redis_url)
+
+
+@lru_cache(maxsize=1)
 def files() -> Storage:
     """The folder or bucket of job files; one client per process, like the store."""
     found = open_storage(get_settings())
@@ -60,7 +67,7 @@ def context() -> JobContext:
         files=files(),
         worker=worker_name(),
         senders=SENDERS,
-        events=JobMetrics(),
+        events=JobMetrics(publish=publisher().publish),
         interruptions=(SoftTimeLimitExceeded,),
     )
 
@@ -88,6 +95,7 @@ def _job_log(job_id: str, part: str | None = None) -> AbstractContextManager[Non
 def _fresh_client(**_: object) -> None:
     store.cache_clear()  # a MongoClient must not cross a fork
     files.cache_clear()
+    publisher.cache_clear()
 
 
 @worker_init.connect

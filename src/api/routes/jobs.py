@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import json
 from collections.abc import AsyncIterator
 from pathlib import PurePath
@@ -16,12 +17,21 @@ from starlette.background import BackgroundTask
 from starlette.concurrency import iterate_in_threadpool
 
 from src.api import errors, openapi
-from src.api.deps import Caller, FilesDep, JobStoreDep, ReaderDep, SettingsDep, WatcherDep
+from src.api.deps import (
+    Caller,
+    FilesDep,
+    JobStoreDep,
+    NoticesDep,
+    ReaderDep,
+    SettingsDep,
+    WatcherDep,
+)
 from src.api.errors import ApiError, shown
 from src.api.models import JobList
 from src.api.ratelimit import StreamSlots
 from src.api.routes.submit import job_response
 from src.api.schemas import EXAMPLE_ID
+from src.api.watch import job_changes
 from src.core import instruments
 from src.core.storage import StorageUnavailable
 from src.data.formats import MEDIA_TYPES
@@ -168,9 +178,13 @@ async def get_result(
         **openapi.problems(errors.JOB_NOT_FOUND, errors.JOB_STATE),
     },
 )
-async def cancel_job(job_id: JobId, store: JobStoreDep, caller: ReaderDep) -> JSONResponse:
+async def cancel_job(
+    job_id: JobId, store: JobStoreDep, notices: NoticesDep, caller: ReaderDep
+) -> JSONResponse:
     await _get(store, job_id, caller)  # the caller's job, or 404
     doc = await store.cancel(job_id)
+    if doc is not None:
+        notices.publish(job_id)  # its waiters and streams, in every API process
     if doc is None:
         current = await _get(store, job_id, caller)
         raise ApiError(
@@ -194,7 +208,7 @@ async def cancel_job(job_id: JobId, store: JobStoreDep, caller: ReaderDep) -> JS
     },
 )
 async def delete_job(
-    job_id: JobId, store: JobStoreDep, files: FilesDep, caller: ReaderDep
+    job_id: JobId, store: JobStoreDep, files: FilesDep, notices: NoticesDep, caller: ReaderDep
 ) -> Response:
     """A queued or running job answers 409: cancel it first. A `source` file is never removed."""
     doc = await _get(store, job_id, caller)
@@ -202,6 +216,7 @@ async def delete_job(
         raise ApiError(errors.JOB_STATE, f"job is {doc['status']}; cancel it first, then delete it")
     await asyncio.to_thread(layout.remove_job, files, job_id)
     await store.delete_job(job_id)
+    notices.publish(job_id)
     return Response(status_code=204)
 
 
@@ -224,29 +239,36 @@ async def delete_job(
     },
 )
 async def job_events(
-    job_id: JobId, request: Request, store: JobStoreDep, settings: SettingsDep, caller: ReaderDep
+    job_id: JobId,
+    request: Request,
+    store: JobStoreDep,
+    settings: SettingsDep,
+    notices: NoticesDep,
+    caller: ReaderDep,
 ) -> EventSourceResponse:
     """Counted once against the read budget; each open stream holds one of the caller's
-    MAX_STREAMS_PER_KEY slots until it ends."""
+    MAX_STREAMS_PER_KEY slots until it ends. The job is read again when a notice says it
+    changed (or on the fallback poll), and an event sent only when the store shows one."""
     await _get(store, job_id, caller)
     free = stream_slots(request).take(caller.who, settings.max_streams_per_key)
+    fallback = settings.watch_fallback_seconds
 
     async def stream() -> AsyncIterator[dict[str, str]]:
         last: tuple[Any, ...] | None = None
         try:
-            while True:
-                doc = await store.get(job_id)
-                if doc is None:
-                    yield {"event": "gone", "data": json.dumps({"id": job_id})}
-                    return
-                job = Job.from_doc(doc)
-                state = (job.status, job.progress.rows_done, job.cancel_requested)
-                if state != last:
-                    last = state
-                    yield {"event": "job", "data": job.model_dump_json()}
-                if job.status in TERMINAL:
-                    return
-                await asyncio.sleep(0.25)
+            changes = job_changes(store, notices, job_id, fallback)
+            async with contextlib.aclosing(changes) as docs:
+                async for doc in docs:
+                    if doc is None:
+                        yield {"event": "gone", "data": json.dumps({"id": job_id})}
+                        return
+                    job = Job.from_doc(doc)
+                    state = (job.status, job.progress.rows_done, job.cancel_requested)
+                    if state != last:
+                        last = state
+                        yield {"event": "job", "data": job.model_dump_json()}
+                    if job.status in TERMINAL:
+                        return
         finally:
             free()
 
