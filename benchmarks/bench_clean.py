@@ -21,8 +21,18 @@ core and sets POLARS_MAX_THREADS=1, re-executing itself once to do so):
 Every figure is printed as ``name=value`` on its own line; the last line is
 ``speedup_vs_bs4=`` (engine rows/s / baseline rows/s on both data sets combined).
 
+``--whole-process`` measures instead what a user waits for: the installed
+``clean-data --lowercase`` command and the guide-style script
+(``benchmarks/guide_baseline.py``: the same baseline, pandas CSV in and out), each
+as its own process on one core, on the real sample tiled to ``--whole-rows`` rows
+(100,000 by default). The two alternate, A/B/A/B, ``--pairs`` times (after one
+untimed run of each on the untiled sample, so both start with warm file caches);
+wall time from start to exit, medians. Its last line is
+``whole_process_speedup_vs_bs4=`` (median script time / median ``clean-data`` time).
+
 Run (Linux): ``uv run python benchmarks/bench_clean.py`` (about 1 GiB of temporary CSV
-in and out; ``--quick`` for a small smoke run, ``--help`` for the flags).
+in and out; ``--quick`` for a small smoke run, ``--help`` for the flags);
+``uv run python benchmarks/bench_clean.py --whole-process`` (about 1 minute).
 """
 
 from __future__ import annotations
@@ -33,6 +43,8 @@ import json
 import os
 import platform
 import random
+import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -51,6 +63,7 @@ from tests.support.oracle import reference_clean
 
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLE = ROOT / "tests" / "fixtures" / "rakuten_sample.csv"
+GUIDE_SCRIPT = ROOT / "benchmarks" / "guide_baseline.py"
 TEXT_COLUMNS = ("designation", "description")
 OPTIONS = CleaningOptions(lowercase=True)
 SEED = 20240607
@@ -367,17 +380,22 @@ def write_chunked_input(path: Path, size_bytes: int, extra: Columns) -> int:
     return written
 
 
-def run_chunked(size_mb: int, extra: Columns, one_core: bool) -> dict[str, float]:
-    """Clean a >= `size_mb` MiB CSV in a child process; its rows/s and peak RSS."""
+def child_env(keep_pinned_threads: bool) -> tuple[dict[str, str], set[int]]:
+    """The environment and CPUs the caller ran this script with (before `pin_to_one_core`)."""
     env = dict(os.environ)
     env.pop(PINNED_ENV, None)
     cpus = env.pop(ORIGINAL_CPUS_ENV, "")
     threads = env.pop(ORIGINAL_THREADS_ENV, "")
-    if not one_core:  # as the caller had it
+    if not keep_pinned_threads:  # as the caller had it
         env.pop("POLARS_MAX_THREADS", None)
         if threads:
             env["POLARS_MAX_THREADS"] = threads
-    original = {int(c) for c in cpus.split(",") if c} or os.sched_getaffinity(0)
+    return env, {int(c) for c in cpus.split(",") if c} or os.sched_getaffinity(0)
+
+
+def run_chunked(size_mb: int, extra: Columns, one_core: bool) -> dict[str, float]:
+    """Clean a >= `size_mb` MiB CSV in a child process; its rows/s and peak RSS."""
+    env, original = child_env(keep_pinned_threads=one_core)
 
     def unpin() -> None:  # runs in the child before exec
         if not one_core:
@@ -407,6 +425,116 @@ def run_chunked(size_mb: int, extra: Columns, one_core: bool) -> dict[str, float
         "peak_rss_mb": result["maxrss_kib"] / 1024,  # KiB on Linux
         "vmhwm_mb": result["vmhwm_kib"] / 1024,
     }
+
+
+# ------------------------------------------------------------------ whole process
+
+# Runs a command and prints its peak RSS: a lean parent, so that the figure is the
+# command's own (see LAUNCHER_CODE).
+RSS_LAUNCHER_CODE = """
+import resource, subprocess, sys
+done = subprocess.run(sys.argv[1:], capture_output=True, text=True)
+if done.returncode:
+    sys.exit(done.stderr or f"exit status {done.returncode}")
+print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)
+"""
+
+
+def write_tiled_sample(path: Path, rows: int) -> int:
+    """The real sample's records (one line each), repeated until there are `rows`."""
+    header, _, body = SAMPLE.read_bytes().partition(b"\n")
+    records = body.splitlines(keepends=True)
+    if not records[-1].endswith(b"\n"):
+        records[-1] += b"\n"
+    with path.open("wb") as fh:
+        fh.write(header + b"\n")
+        for start in range(0, rows, len(records)):
+            fh.writelines(records[: min(len(records), rows - start)])
+    return path.stat().st_size
+
+
+def clean_data_command() -> str:
+    """The installed console script, next to this interpreter (the project's venv)."""
+    beside = Path(sys.executable).parent / "clean-data"
+    found = str(beside) if beside.exists() else shutil.which("clean-data")
+    if not found:
+        raise SystemExit("clean-data is not installed: run `uv sync --extra etl` first")
+    return found
+
+
+def timed_run(command: list[str], env: dict[str, str], cpu: int) -> tuple[float, float]:
+    """Wall seconds from start to exit of `command` pinned to `cpu`, and its CPU seconds."""
+    started = time.perf_counter()
+    child = subprocess.Popen(
+        command,
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        preexec_fn=lambda: os.sched_setaffinity(0, {cpu}),
+    )
+    assert child.stderr is not None
+    errors = child.stderr.read()
+    _, status, usage = os.wait4(child.pid, 0)
+    wall = time.perf_counter() - started
+    child.returncode = os.waitstatus_to_exitcode(status)
+    if child.returncode:
+        raise RuntimeError(f"{command[0]} failed ({child.returncode}): {errors.decode()[-2000:]}")
+    return wall, usage.ru_utime + usage.ru_stime
+
+
+def whole_process(rows: int, pairs: int) -> None:
+    """`clean-data` against the guide-style script, each a whole process on one core."""
+    env, original = child_env(keep_pinned_threads=False)
+    cpu = min(original)
+    clean_data = clean_data_command()
+
+    def commands(source: Path, out: Path) -> dict[str, list[str]]:
+        return {
+            "clean_data": [clean_data, "-q", "--lowercase", str(source), "-o", f"{out}.cd.csv"],
+            "guide_bs4": [sys.executable, str(GUIDE_SCRIPT), str(source), f"{out}.bs4.csv"],
+        }
+
+    emit("python", platform.python_version())
+    emit("cpu", cpu)
+    emit("load_avg_1m_before", f"{os.getloadavg()[0]:.2f}")
+    times: dict[str, list[float]] = {"clean_data": [], "guide_bs4": []}
+    cpu_times: dict[str, list[float]] = {name: [] for name in times}
+    with tempfile.TemporaryDirectory(prefix="bench_whole_") as tmp:
+        source, out = Path(tmp) / "input.csv", Path(tmp) / "out"
+        size = write_tiled_sample(source, rows)
+        emit("whole_rows", rows)
+        emit("whole_input_mb", f"{size / 1e6:.1f}")
+        for command in commands(SAMPLE, out).values():  # warm file caches, on the small sample
+            timed_run(command, env, cpu)
+        for _ in range(pairs):
+            for name, command in commands(source, out).items():
+                wall, used = timed_run(command, env, cpu)
+                times[name].append(wall)
+                cpu_times[name].append(used)
+        done = subprocess.run(
+            [sys.executable, "-c", RSS_LAUNCHER_CODE, *commands(source, out)["clean_data"]],
+            env=env,
+            preexec_fn=lambda: os.sched_setaffinity(0, {cpu}),
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        peak_rss_mb = int(done.stdout.strip().splitlines()[-1]) / 1024  # KiB on Linux
+    emit("pairs", pairs)
+    for name in times:
+        emit(f"{name}_runs_s", ",".join(f"{t:.2f}" for t in times[name]))
+        emit(f"{name}_cpu_s", statistics.median(cpu_times[name]))
+    emit("clean_data_peak_rss_mb", f"{peak_rss_mb:.1f}")
+    emit("load_avg_1m_after", f"{os.getloadavg()[0]:.2f}")
+    cpu_ratio = statistics.median(cpu_times["guide_bs4"]) / statistics.median(
+        cpu_times["clean_data"]
+    )
+    emit("whole_process_cpu_speedup_vs_bs4", f"{cpu_ratio:.2f}")
+    clean_s, guide_s = statistics.median(times["clean_data"]), statistics.median(times["guide_bs4"])
+    emit("clean_data_s", clean_s)
+    emit("guide_bs4_s", guide_s)
+    print(f"whole_process_speedup_vs_bs4={guide_s / clean_s:.2f}", flush=True)
 
 
 # ------------------------------------------------------------------------ main
@@ -487,20 +615,47 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--quick",
         action="store_true",
-        help="smoke run: 10k rows, 2k synthetic rows, 50 MiB, one repeat",
+        help="smoke run: 10k rows, 2k synthetic rows, 50 MiB, one repeat "
+        "(with --whole-process: 10k rows, one pair)",
+    )
+    whole = parser.add_argument_group("whole process (--whole-process)")
+    whole.add_argument(
+        "--whole-process",
+        action="store_true",
+        help="time the installed `clean-data` and the guide-style script as whole processes "
+        "instead (the other modes do not run)",
+    )
+    whole.add_argument(
+        "--whole-rows",
+        type=int,
+        default=100_000,
+        help="rows of the tiled real sample for --whole-process (default 100000)",
+    )
+    whole.add_argument(
+        "--pairs",
+        type=int,
+        default=3,
+        help="A/B pairs of --whole-process runs, medians reported (default 3)",
     )
     args = parser.parse_args(argv)
+    if args.quick and args.whole_process:
+        args.whole_rows, args.pairs = 10_000, 1
     if args.quick:
         args.rows, args.synthetic_rows, args.size_mb, args.repeat = 10_000, 2_000, 50, 1
     if min(args.rows, args.synthetic_rows, args.size_mb, args.repeat) < 1 or args.block_rows < 0:
         parser.error(
             "--rows, --synthetic-rows, --size-mb, --repeat must be >= 1; --block-rows >= 0"
         )
+    if min(args.whole_rows, args.pairs) < 1:
+        parser.error("--whole-rows and --pairs must be >= 1")
     return args
 
 
 def main(argv: Sequence[str] | None = None) -> None:
     args = parse_args(argv)
+    if args.whole_process:
+        whole_process(args.whole_rows, args.pairs)
+        return
     warnings.filterwarnings("ignore", category=MarkupResemblesLocatorWarning)
     emit("python", platform.python_version())
     emit("polars", pl.__version__)

@@ -68,7 +68,22 @@ DROP_PATTERNS = [rf"(?is)<{name}\b.*?(?:</{name}\s*>|\z)" for name in DROPPED_EL
     r"<![A-Za-z][^>]*>",  # <!DOCTYPE ...>
     r"<\?[^>]*>",  # <?xml ...?>
 ]
+# What a value must hold for each of DROP_PATTERNS to match (the lazy `.*?` up to
+# the end always matches once it starts): a pass is skipped when no value holds it.
+DROP_GATES = [rf"(?i)<{name}" for name in DROPPED_ELEMENTS] + [
+    "<!--",
+    r"<!\[CDATA\[",
+    "<![A-Za-z]",
+    r"<\?",
+]
 BLOCK_PATTERN = r"(?i)</?(?:" + "|".join(BLOCK_TAGS) + r")\b[^>]*>"
+# The same pass with an ASCII `\b`, which Rust's regex runs on its fast engine (a
+# Unicode one sends it to a slower one on non-ASCII text). The two differ only at a
+# non-ASCII character after a tag name, or at a name ending in a non-ASCII letter
+# that `(?i)` matches (U+017F for 's', U+212A for 'k'): values holding either
+# (BLOCK_NEEDS_UNICODE_PATTERN) get BLOCK_PATTERN.
+BLOCK_ASCII_PATTERN = r"(?i)</?(?:" + "|".join(BLOCK_TAGS) + r")(?-u:\b)[^>]*>"
+BLOCK_NEEDS_UNICODE_PATTERN = r"</?(?i:" + "|".join(BLOCK_TAGS) + r")[^\x00-\x7f]|[\x{17f}\x{212a}]"
 # Any other tag: a '<' followed by a letter (or '/' and a letter), up to '>'.
 # "a < b" and "<10 cm>" are text, not tags.
 TAG_PATTERN = r"</?[A-Za-z][^>]*>"
@@ -103,6 +118,10 @@ def unescape_nested(text: str) -> str:
 # could still start an entity (legacy names without ';', other code points, &amp;x).
 UNDECODED_PATTERN = "&[A-Za-z0-9#]"
 SPLIT_AMP_PATTERN = r"&\s+amp;"
+# Any complete entity the table could hold (they never overlap: each ends at its first ';').
+ENTITY_TOKEN_PATTERN = "&#?[A-Za-z0-9]+;"
+# What another decoding pass can change: a complete entity or a split '& amp;'.
+MAY_DECODE_AGAIN_PATTERN = ENTITY_TOKEN_PATTERN + "|" + SPLIT_AMP_PATTERN
 
 
 @lru_cache(maxsize=1)
@@ -116,3 +135,9 @@ def entity_table() -> tuple[list[str], list[str]]:
     keys += [f"&#{i};" for i in (*range(256), *range(0x2000, 0x2140))]
     keys += [f"&#x{i:x};" for i in range(256)]
     return keys, [html.unescape(k) for k in keys]
+
+
+@lru_cache(maxsize=1)
+def entity_lookup() -> dict[str, str]:
+    """`entity_table` as a mapping, to pick the entities a chunk holds."""
+    return dict(zip(*entity_table(), strict=True))

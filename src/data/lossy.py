@@ -40,9 +40,11 @@ ELIDABLE = frozenset(
 # A lost two-byte letter (UTF-8 é, è, à... read back as '¿¿').
 ACCENTED = "éèêëàâäîïôöùûüçÿ"
 _VOWEL_OR_H = frozenset("aeiouyhéèêëàâäîïôöùûüœæ")
-# A token holding at least one '¿'; 'â¿¿' is a lost three-byte character
+# A token: a maximal run of word characters and '¿' holding at least one '¿' (the
+# regular expression `(?<![\w¿])[\w¿]*¿[\w¿]*`); 'â¿¿' is a lost three-byte character
 # (typically the typographic apostrophe U+2019 whose last two bytes were lost).
-_TOKEN = re.compile(r"(?<![\w¿])[\w¿]*¿[\w¿]*")  # anchored at a word start: scans less
+# Found from each '¿' outwards: scanning the whole text for word starts costs more.
+_RUN_AFTER = re.compile(r"[\w¿]*")
 _GAP = re.compile(r"â¿¿|¿¿|¿")
 _MAX_COMBINATIONS = 512
 # Several candidates are French words: the repair is still certain when one of
@@ -131,19 +133,34 @@ def repair_token(token: str) -> str | None:
     return best if others * DOMINANCE <= found[best] else None
 
 
+def _is_word(char: str) -> bool:
+    """A character of a token: what `[\\w¿]` matches in Python's `re`."""
+    return char.isalnum() or char == "_" or char == LOSSY
+
+
 def repair_lossy(text: str) -> tuple[str, int]:
     """Repair the certain '¿' of `text`; return the text and how many '¿' were repaired."""
-    if LOSSY not in text:
+    lossy = text.find(LOSSY)
+    if lossy < 0:
         return text, 0
     repaired = 0
-
-    def fix(match: re.Match[str]) -> str:
-        nonlocal repaired
-        token = match.group()
+    pieces: list[str] = []
+    done = 0  # text[:done] is in `pieces`
+    while lossy >= 0:
+        start = lossy
+        while start > done and _is_word(text[start - 1]):
+            start -= 1
+        run = _RUN_AFTER.match(text, lossy)  # always matches: at least the '¿'
+        end = run.end() if run else lossy + 1
+        token = text[start:end]
         fixed = repair_token(token)
-        if fixed is None:
-            return token
-        repaired += token.count(LOSSY)
-        return fixed
-
-    return _TOKEN.sub(fix, text), repaired
+        if fixed is not None:
+            pieces.append(text[done:start])
+            pieces.append(fixed)
+            repaired += token.count(LOSSY)
+            done = end
+        lossy = text.find(LOSSY, end)
+    if not pieces:
+        return text, 0
+    pieces.append(text[done:])
+    return "".join(pieces), repaired

@@ -1,8 +1,11 @@
 """The text-cleaning engine: vectorised over one column with polars.
 
-Regex steps run in polars (Rust, over the whole column). Steps that need
-Python (entities, ftfy, the lossy '¿') run only on the values that need them,
-found by a vectorised test first: that is where the speed comes from.
+Most product text needs nothing but lowercasing. One pass over the column
+(`MAY_CHANGE_PATTERN`) picks out the values that can need more, and each step then
+runs only on the values it can change, found by a vectorised test first: the regex
+steps in polars (Rust), the steps that need Python (ftfy, the lossy '¿', entities the
+table leaves) on a few values. That is where the speed comes from; the result is the
+one every step run over every value gives (tests/unit/test_engine_routing.py).
 """
 
 from __future__ import annotations
@@ -10,20 +13,25 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, fields
 
-import ftfy
 import polars as pl
 
 from src.data.html import (
+    BLOCK_ASCII_PATTERN,
+    BLOCK_NEEDS_UNICODE_PATTERN,
     BLOCK_PATTERN,
+    DROP_GATES,
     DROP_PATTERNS,
+    ENTITY_TOKEN_PATTERN,
     HAS_TAG_PATTERN,
+    MAY_DECODE_AGAIN_PATTERN,
     SPLIT_AMP_PATTERN,
     TAG_PATTERN,
     UNDECODED_PATTERN,
-    entity_table,
+    entity_lookup,
     unescape_entities,
 )
 from src.data.lossy import LOSSY, repair_lossy
+from src.data.mojibake import fix_mojibake
 from src.data.options import CleaningOptions
 
 # Values worth handing to ftfy: C1 controls, or a lead byte of UTF-8 read as
@@ -49,23 +57,6 @@ WHITESPACE_FAST_PATTERN = r"\s{2,}|[^\S ]"
 # values pay for normalisation.
 NFC_UNSTABLE_CHAR = "[^\u0000-\u02ff\u2002-\u206f\u20a0-\u20bf]"
 
-FTFY_CONFIG = ftfy.TextFixerConfig(
-    unescape_html=False,
-    fix_latin_ligatures=False,
-    fix_character_width=False,
-    uncurl_quotes=False,
-    fix_line_breaks=False,
-    fix_surrogates=True,
-    remove_control_chars=False,
-    normalization=None,
-    explain=False,
-)
-
-
-def fix_mojibake(text: str) -> str:
-    """ftfy's encoding repairs only (HTML, quotes and widths are other steps' business)."""
-    return ftfy.fix_text(text, FTFY_CONFIG)
-
 
 @dataclass
 class ColumnCounts:
@@ -88,6 +79,27 @@ class ColumnCounts:
             setattr(self, f.name, getattr(self, f.name) + getattr(other, f.name))
 
 
+# Which values can a step before lowercasing change at all? Only those holding a
+# character outside this set (a tag's '<', an entity's '&', '¿', a control or
+# exotic whitespace, a mojibake lead, anything NFC could rewrite), two spaces in a
+# row, or a space at either end. Printable ASCII but '<' and '&'; Latin-1 but NBSP,
+# '¿' and the mojibake leads Â Ã Ä Å â ï; Latin Extended up to U+02FF; general
+# punctuation but spaces, zero-widths, bidi controls and U+205F-206F; currency signs.
+# Each range is a subset of what the steps' own patterns leave alone
+# (tests/unit/test_engine_routing.py checks every step against it).
+SAFE_CHARS = (
+    " -%'-;=-~\u00a1-\u00be\u00c0\u00c1\u00c6-\u00e1\u00e3-\u00ee\u00f0-\u02ff"
+    "\u2010-\u2027\u2030-\u205e\u20a0-\u20bf"
+)
+MAY_CHANGE_PATTERN = f"[^{SAFE_CHARS}]|  |^ | $"
+# The same test after HTML and entities, for the steps that remain ('<' and '&' are
+# left to be text by then).
+MAY_CHANGE_AFTER_MARKUP_PATTERN = f"[^{SAFE_CHARS}<&]|  |^ | $"
+# Values that need one of the character-level steps (ftfy, '¿', NFC, controls):
+# exactly the union of those steps' own triggers.
+NEEDS_CHAR_FIX_PATTERN = "|".join([MOJIBAKE_PATTERN, NFC_UNSTABLE_CHAR, CONTROL_PATTERN, LOSSY])
+
+
 def _apply(values: pl.Series, mask: pl.Series, func: Callable[[str], str]) -> tuple[pl.Series, int]:
     """Run a Python `func` on the masked values only; return the column and how many changed."""
     if not mask.any():
@@ -103,24 +115,84 @@ def _apply(values: pl.Series, mask: pl.Series, func: Callable[[str], str]) -> tu
     return values.clone().scatter(idx, patch), changed
 
 
+def _on_subset(
+    values: pl.Series, mask: pl.Series, func: Callable[[pl.Series], pl.Series]
+) -> pl.Series:
+    """`func` over the masked values only, put back in place (the rest is left as it is).
+
+    Every step's result for a value depends on that value alone, so a step run on
+    the values that can change gives the column it would give run on all of them.
+    """
+    if not mask.any():
+        return values
+    if mask.all():
+        return func(values)
+    return values.clone().scatter(mask.arg_true(), func(values.filter(mask)))
+
+
+def strip_tags(values: pl.Series) -> tuple[pl.Series, int]:
+    """HTML to text over a column: the tag passes run on values holding a tag only.
+
+    Each pass that drops elements runs only if some value can match it, tested just
+    before it (an earlier pass can join a new `<!` or `<script`).
+    """
+    has_tag = values.str.contains(HAS_TAG_PATTERN)
+    tagged = int(has_tag.sum())
+
+    def strip(s: pl.Series) -> pl.Series:
+        for gate, pattern in zip(DROP_GATES, DROP_PATTERNS, strict=True):
+            if s.str.contains(gate).any():
+                s = s.str.replace_all(pattern, "")
+        exact = s.str.contains(BLOCK_NEEDS_UNICODE_PATTERN)
+        s = _on_subset(s, ~exact, lambda v: v.str.replace_all(BLOCK_ASCII_PATTERN, " "))
+        s = _on_subset(s, exact, lambda v: v.str.replace_all(BLOCK_PATTERN, " "))
+        return s.str.replace_all(TAG_PATTERN, "")
+
+    return (_on_subset(values, has_tag, strip) if tagged else values), tagged
+
+
+def _entities_in(values: pl.Series) -> tuple[list[str], list[str]]:
+    """The table's entities that occur in `values`, and what each decodes to.
+
+    Building the matcher for all ~3,000 entities costs milliseconds per call; the
+    few a chunk holds cost nothing. Entities never overlap (each ends at its first
+    ';'), so replacing only those present gives the same text.
+    """
+    table = entity_lookup()
+    found = values.str.extract_all(ENTITY_TOKEN_PATTERN).explode().drop_nulls().unique()
+    keys = sorted(k for k in found.to_list() if k in table)
+    return keys, [table[k] for k in keys]
+
+
+def _decode_table(values: pl.Series) -> pl.Series:
+    keys, decoded = _entities_in(values)
+    return values.str.replace_many(keys, decoded) if keys else values
+
+
 def unescape_column(values: pl.Series) -> tuple[pl.Series, int]:
     """`unescape_entities` over a column, the same result, mostly without Python.
 
     Complete entities are decoded by a table (Aho-Corasick in polars) pass after
     pass, as `unescape_nested` does; a value where an '&' could still start an
     entity is decoded again from its original text by the exact Python function.
+    Later passes and the exact path see only the values a first pass left an '&' in.
     """
     has_amp = values.str.contains("&", literal=True)
     if not has_amp.any():
         return values, 0
-    keys, decoded = entity_table()
     before = values.filter(has_amp)
-    out = before.str.replace_many(keys, decoded)
-    for _ in range(3):
-        again = out.str.replace_all(SPLIT_AMP_PATTERN, "&").str.replace_many(keys, decoded)
-        if again.equals(out):
-            break
-        out = again
+    out = _decode_table(before)
+
+    def again(s: pl.Series) -> pl.Series:
+        for _ in range(3):
+            step = _decode_table(s.str.replace_all(SPLIT_AMP_PATTERN, "&"))
+            if step.equals(s):
+                break
+            s = step
+        return s
+
+    # Another pass changes only a value holding a complete entity or a split '& amp;'.
+    out = _on_subset(out, out.str.contains(MAY_DECODE_AGAIN_PATTERN), again)
     slow = out.str.contains(UNDECODED_PATTERN)
     if slow.any():
         exact = [unescape_entities(v) for v in before.filter(slow).to_list()]
@@ -131,23 +203,8 @@ def unescape_column(values: pl.Series) -> tuple[pl.Series, int]:
     return values.clone().scatter(has_amp.arg_true(), out), changed
 
 
-def clean_series(raw: pl.Series, options: CleaningOptions) -> tuple[pl.Series, ColumnCounts]:
-    """Clean one text column; nulls are treated as empty strings."""
-    s = raw.cast(pl.String).fill_null("")
-    counts = ColumnCounts(values=s.len(), chars_before=int(s.str.len_chars().sum() or 0))
-    original = s
-
-    if options.strip_html:
-        has_tag = s.str.contains(HAS_TAG_PATTERN)
-        counts.html_stripped = int(has_tag.sum())
-        if counts.html_stripped:
-            for pattern in DROP_PATTERNS:
-                s = s.str.replace_all(pattern, "")
-            s = s.str.replace_all(BLOCK_PATTERN, " ").str.replace_all(TAG_PATTERN, "")
-
-    if options.unescape_entities:
-        s, counts.entities_unescaped = unescape_column(s)
-
+def _fix_characters(s: pl.Series, options: CleaningOptions, counts: ColumnCounts) -> pl.Series:
+    """Mojibake, the lossy '¿', NFC and control characters, in that order."""
     if options.fix_mojibake:
         s, counts.mojibake_fixed = _apply(s, s.str.contains(MOJIBAKE_PATTERN), fix_mojibake)
 
@@ -167,15 +224,34 @@ def clean_series(raw: pl.Series, options: CleaningOptions) -> tuple[pl.Series, C
     if s.str.contains(LOSSY, literal=True).any():
         counts.lossy_remaining = int(s.str.count_matches(LOSSY, literal=True).sum() or 0)
 
-    maybe_unnormalised = s.str.contains(NFC_UNSTABLE_CHAR)
-    if maybe_unnormalised.any():
-        normalised = s.filter(maybe_unnormalised).str.normalize("NFC")
-        s = s.clone().scatter(maybe_unnormalised.arg_true(), normalised)
-    s = (
-        s.str.replace_all(CONTROL_PATTERN, "")
-        .str.replace_all(WHITESPACE_FAST_PATTERN, " ")
-        .str.strip_chars(" ")
-    )
+    s = _on_subset(s, s.str.contains(NFC_UNSTABLE_CHAR), lambda v: v.str.normalize("NFC"))
+    return s.str.replace_all(CONTROL_PATTERN, "")
+
+
+def _fix_text(s: pl.Series, options: CleaningOptions, counts: ColumnCounts) -> pl.Series:
+    """Every step before lowercasing, on values `MAY_CHANGE_PATTERN` picked out."""
+    if options.strip_html:
+        s, counts.html_stripped = strip_tags(s)
+    if options.unescape_entities:
+        s, counts.entities_unescaped = unescape_column(s)
+
+    def fix_characters(v: pl.Series) -> pl.Series:
+        return _fix_characters(v, options, counts)
+
+    def fix_characters_and_spaces(v: pl.Series) -> pl.Series:
+        v = _on_subset(v, v.str.contains(NEEDS_CHAR_FIX_PATTERN), fix_characters)
+        return v.str.replace_all(WHITESPACE_FAST_PATTERN, " ").str.strip_chars(" ")
+
+    after_markup = s.str.contains(MAY_CHANGE_AFTER_MARKUP_PATTERN)
+    return _on_subset(s, after_markup, fix_characters_and_spaces)
+
+
+def clean_series(raw: pl.Series, options: CleaningOptions) -> tuple[pl.Series, ColumnCounts]:
+    """Clean one text column; nulls are treated as empty strings."""
+    s = raw.cast(pl.String).fill_null("")
+    counts = ColumnCounts(values=s.len(), chars_before=int(s.str.len_chars().sum() or 0))
+    original = s
+    s = _on_subset(s, s.str.contains(MAY_CHANGE_PATTERN), lambda v: _fix_text(v, options, counts))
     if options.lowercase:
         s = s.str.to_lowercase()
     if options.min_length > 1:
