@@ -33,6 +33,7 @@ class AsyncJobStore:
             settings.mongo_url, minPoolSize=4, **client_kwargs(settings)
         )
         self.jobs = cast(AsyncCollection[JobDoc], self.client[settings.mongo_db][COLLECTION])
+        self.tracking = bool(settings.mlflow_tracking_uri)  # see JobStore.finish
 
     async def close(self) -> None:
         await self.client.close()
@@ -85,9 +86,10 @@ class AsyncJobStore:
     async def cancel(self, job_id: str) -> JobDoc | None:
         """Cancel a queued job at once, or ask a running one to stop; None if neither."""
         now = time.time()
+        tracked = rules.tracking_fields() if self.tracking else {}
         doc = await self.jobs.find_one_and_update(
             rules.cancel_queued(job_id),
-            rules.finish_update(JobStatus.CANCELLED, now, error="cancelled by request"),
+            rules.finish_update(JobStatus.CANCELLED, now, error="cancelled by request", **tracked),
             return_document=AFTER,
         )
         if doc is None:

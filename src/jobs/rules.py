@@ -183,9 +183,20 @@ TERMINAL_STATUSES = [JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED]
 TRACKING_OPEN = ["pending", "retrying"]  # TrackingStatus values still to be logged
 
 
-def untracked(job_id: str) -> Filter:
-    """A finished job whose MLflow logging was never asked for."""
-    return {"_id": job_id, "status": {"$in": TERMINAL_STATUSES}, "mlflow_status": None}
+def tracking_fields() -> dict[str, Any]:
+    """Set with a job's final status when the service logs jobs to MLflow: whoever reads
+    the finished job (a waiter, a callback) knows its run is coming."""
+    return {
+        "mlflow_status": "pending",
+        "mlflow_attempts": 0,
+        "mlflow_lease_ts": 0.0,
+        "mlflow_retry_ts": 0.0,
+    }
+
+
+def tracking_unsent(job_id: str) -> Filter:
+    """A finished job whose logging task was never sent (`mlflow_retry_ts` still 0)."""
+    return {"_id": job_id, "mlflow_status": "pending", "mlflow_retry_ts": 0.0}
 
 
 def tracking_free(job_id: str, now: float) -> Filter:

@@ -183,6 +183,13 @@ class JobStore(Records[JobDoc]):
         super().__init__(cast(Collection[JobDoc], db[COLLECTION]))
         self.jobs = self.coll
         self.parts: Records[PartDoc] = Records(cast(Collection[PartDoc], db[PARTS_COLLECTION]))
+        self.tracking = bool(settings.mlflow_tracking_uri)
+
+    def finish(self, expected: rules.Filter, status: JobStatus, **fields: Any) -> JobDoc | None:
+        """A job's final status; with MLflow tracking on, its run marked as coming, at once."""
+        if self.tracking:
+            fields = {**rules.tracking_fields(), **fields}
+        return super().finish(expected, status, **fields)
 
     def close(self) -> None:
         self.client.close()

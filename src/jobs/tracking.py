@@ -76,20 +76,15 @@ def engine_version() -> str:
 
 
 def wanted(store: JobStore, settings: Settings, job_id: str) -> bool:
-    """Mark a finished job's run as to be logged; True when this call did (send the task).
+    """True once for a finished job whose run is to be logged (its final status marked it
+    `pending`, `rules.tracking_fields`): the caller sends the task.
 
     If that task is lost, the sweep sends it again after REQUEUE_QUEUED_AFTER_SECONDS.
     """
     if not settings.mlflow_tracking_uri:
         return False
-    marked = store.update_where(
-        rules.untracked(job_id),
-        mlflow_status=TrackingStatus.PENDING,
-        mlflow_attempts=0,
-        mlflow_lease_ts=0.0,
-        mlflow_retry_ts=time.time() + settings.requeue_queued_after_seconds,
-    )
-    return marked is not None
+    again = time.time() + settings.requeue_queued_after_seconds
+    return store.update_where(rules.tracking_unsent(job_id), mlflow_retry_ts=again) is not None
 
 
 def track_job(ctx: JobContext, job_id: str) -> TrackingStatus | None:
