@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Annotated, Any
 
 from pydantic import (
@@ -13,7 +14,6 @@ from pydantic import (
     WithJsonSchema,
     field_validator,
 )
-from starlette.datastructures import UploadFile
 
 from src.data.formats import DEFAULT_OUTPUT, OutputFormat
 from src.data.options import CleaningOptions
@@ -46,6 +46,14 @@ def _form_schema(schema: dict[str, Any]) -> None:
     for field in schema.get("properties", {}).values():
         if field.get("default", ...) is None:
             del field["default"]
+
+
+@dataclass(frozen=True)
+class FilePart:
+    """A file part of a multipart body, as `UploadRequest.file` sees it: its file name
+    (its bytes were streamed to storage as they arrived, never kept here)."""
+
+    filename: str
 
 
 class UploadRequest(BaseModel):
@@ -93,8 +101,8 @@ class UploadRequest(BaseModel):
 
     @field_validator("file")
     @classmethod
-    def _a_file(cls, value: Any) -> UploadFile:
-        if not isinstance(value, UploadFile):
+    def _a_file(cls, value: Any) -> FilePart:
+        if not isinstance(value, FilePart):
             raise ValueError("must be a file part (the CSV, Parquet or JSON Lines file)")
         return value
 

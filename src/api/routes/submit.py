@@ -13,16 +13,17 @@ from collections import Counter
 from pathlib import PurePath
 from typing import Annotated, Any
 
+import anyio
 from fastapi import APIRouter, Header, Request
 from fastapi.responses import JSONResponse
 from pydantic import ValidationError
-from starlette.datastructures import UploadFile
-from starlette.exceptions import HTTPException
+from starlette.requests import ClientDisconnect
 
 from src.api import errors, openapi
 from src.api.deps import FilesDep, JobStoreDep, SettingsDep, SubmitterDep
 from src.api.errors import ApiError, field_errors, shown
 from src.api.schemas import SourceRequest, UploadRequest
+from src.api.upload import FormError, FormReader, TextTooLong
 from src.core import broker, instruments
 from src.data.options import CleaningOptions
 from src.jobs import submit as submission
@@ -33,9 +34,9 @@ log = logging.getLogger(__name__)
 router = APIRouter(prefix="/jobs", tags=["jobs"])
 
 MULTIPART, JSON = "multipart/form-data", "application/json"
-# The parts of an upload besides the file: options, output_format, callback_url.
-MAX_FIELDS = 10
-ONE_FILE = "(only `file` is a file part: options, output_format and callback_url are text)"
+# Uploads streaming to storage at once, each holding a thread (the rest wait their turn,
+# their clients slowed by TCP), apart from the shared pool the other blocking calls use.
+UPLOAD_THREADS = 32
 # A JSON body is a few kilobytes (a path, options, a URL).
 MAX_JSON_BYTES = 1 << 16
 
@@ -62,42 +63,69 @@ def _content_length(request: Request) -> int:
     return int(raw)
 
 
+def _upload_threads(request: Request) -> anyio.CapacityLimiter:
+    """The app's own pool of streaming threads (one per upload past SPOOL_BYTES)."""
+    limiter: anyio.CapacityLimiter | None = getattr(request.app.state, "upload_threads", None)
+    if limiter is None:
+        limiter = request.app.state.upload_threads = anyio.CapacityLimiter(UPLOAD_THREADS)
+    return limiter
+
+
 async def _upload(
     request: Request, files: FilesDep, settings: SettingsDep, job_id: str
 ) -> submission.Submission:
+    """The multipart body read once: the file streams to storage as it arrives, and the
+    form is checked as before (repeats, fields, file type, callback) once it has all come."""
     if _content_length(request) > settings.max_upload_bytes + (1 << 20):
         kind, limit = errors.UPLOAD_TOO_LARGE, settings.max_upload_mb
         raise ApiError(kind, f"upload exceeds MAX_UPLOAD_MB ({limit} MB)")
+    limiter = _upload_threads(request)
+
+    def open_upload(filename: str) -> submission.Upload | None:
+        try:
+            return submission.Upload(files, settings, job_id, filename, limiter)
+        except submission.UnsupportedFile:
+            return None  # its bytes go nowhere; refused below, as before, in order
+
+    reader = FormReader(request.headers.get("content-type", ""), open_upload)
     try:
-        form = await request.form(max_files=1, max_fields=MAX_FIELDS)
-    except HTTPException as exc:
-        if "Too many files" not in str(exc.detail):
-            raise
-        raise ApiError(errors.INVALID_REQUEST, f"{exc.detail} {ONE_FILE}") from None
-    counts = Counter(key for key, _ in form.multi_items())
-    if repeated := [key for key, n in counts.items() if n > 1]:
-        found = [
-            {"loc": ["body", k], "msg": "sent more than once", "type": "repeated"} for k in repeated
-        ]
-        detail = f"invalid request: {repeated[0]}: sent more than once"
-        raise ApiError(errors.VALIDATION, detail, errors=found)
-    fields: dict[str, Any] = {k: v for k, v in form.items() if v != ""}
-    try:
-        body = UploadRequest.model_validate(fields)
-    except ValidationError as exc:
-        raise _invalid(exc, "invalid request") from None
-    upload: UploadFile = body.file
-    submission.upload_suffix(upload.filename)  # refuse the type before storing anything
-    callback_url = str(body.callback_url) if body.callback_url else None
-    await _check_callback(callback_url, settings)
-    upload.file.seek(0)
-    relpath, digest = await asyncio.to_thread(
-        submission.save_upload, files, settings, job_id, upload.file, upload.filename
-    )
+        form = await reader.read(request.stream())
+        counts = Counter(key for key, _ in form.items)
+        if repeated := [key for key, n in counts.items() if n > 1]:
+            found = [
+                {"loc": ["body", k], "msg": "sent more than once", "type": "repeated"}
+                for k in repeated
+            ]
+            detail = f"invalid request: {repeated[0]}: sent more than once"
+            raise ApiError(errors.VALIDATION, detail, errors=found)
+        fields: dict[str, Any] = {k: v for k, v in form.items if v != ""}
+        try:
+            body = UploadRequest.model_validate(fields)
+        except ValidationError as exc:
+            raise _invalid(exc, "invalid request") from None
+        filename = body.file.filename
+        submission.upload_suffix(filename)  # a type refused: its bytes were never stored
+        callback_url = str(body.callback_url) if body.callback_url else None
+        await _check_callback(callback_url, settings)
+        assert form.upload is not None  # a `file` part of an accepted type
+        relpath, digest = await form.upload.finish()
+    except BaseException as exc:
+        if reader.upload is not None:
+            await reader.upload.discard()
+        if isinstance(exc, FormError):
+            raise ApiError(errors.INVALID_REQUEST, str(exc)) from None
+        if isinstance(exc, TextTooLong):
+            found = [{"loc": ["body", exc.name], "msg": str(exc), "type": "too_long"}]
+            detail = f"invalid request: {exc.name}: {exc}"
+            raise ApiError(errors.VALIDATION, detail, errors=found) from None
+        if isinstance(exc, ClientDisconnect):
+            log.info("job %s: upload stopped: the client went away; nothing kept", job_id)
+            raise ApiError(errors.INVALID_REQUEST, "the client went away mid-body") from None
+        raise
     return submission.Submission(
         job_id=job_id,
         input_relpath=relpath,
-        input_name=PurePath(upload.filename or "input").name,
+        input_name=PurePath(filename or "input").name,
         owns_input=True,
         options=body.options or CleaningOptions(),
         output_format=body.output_format,
@@ -108,7 +136,8 @@ async def _upload(
 
 async def _check_callback(url: str | None, settings: SettingsDep) -> None:
     """A destination the workers would refuse is a 422 now (DNS blocks: in a thread)."""
-    await asyncio.to_thread(submission.check_callback, url, settings.callback_allow_private)
+    if url is not None:  # no thread for nothing: most submissions have no callback
+        await asyncio.to_thread(submission.check_callback, url, settings.callback_allow_private)
 
 
 async def _small_body(request: Request) -> bytes:
