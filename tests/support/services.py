@@ -475,9 +475,13 @@ class Prometheus:
         )
         return prom
 
-    def query(self, expr: str) -> dict:
-        """The raw answer of /api/v1/query (`status`, `data` or `error`)."""
-        return httpx.get(f"{self.url}/api/v1/query", params={"query": expr}, timeout=10).json()
+    def query(self, expr: str, at: float | None = None) -> dict:
+        """The raw answer of /api/v1/query (`status`, `data` or `error`), evaluated now or
+        `at` (epoch seconds)."""
+        params: dict[str, str | float] = {"query": expr}
+        if at is not None:
+            params["time"] = at
+        return httpx.get(f"{self.url}/api/v1/query", params=params, timeout=10).json()
 
     def value(self, expr: str) -> float | None:
         """The value of a single-series instant query; None when it returns nothing."""
