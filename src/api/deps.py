@@ -13,7 +13,7 @@ from src.api import errors, ratelimit
 from src.api.errors import ApiError
 from src.api.watch import JobWatcher
 from src.core.config import Settings
-from src.core.notify import Listener
+from src.core.notices import Listener
 from src.core.storage import Storage
 from src.jobs.async_store import AsyncJobStore
 from src.jobs.records import JobDoc

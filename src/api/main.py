@@ -18,7 +18,7 @@ from src.api.routes import health, jobs, problems, submit
 from src.core import broker
 from src.core.config import Settings, get_settings
 from src.core.logging import setup_logging
-from src.core.notify import Listener
+from src.core.notices import Listener
 from src.core.storage import Storage, open_storage
 from src.jobs.async_store import AsyncJobStore
 

@@ -1,6 +1,6 @@
 """`POST /jobs/clean`'s multipart body, read once as it arrives.
 
-The `file` part's bytes go from the request straight to storage (`src.jobs.submit.Upload`:
+The `file` part's bytes go from the request straight to storage (`src.jobs.uploads.Upload`:
 size limit and sha256 as they stream); the other parts are small text fields, kept in
 memory up to MAX_TEXT_BYTES each. The parser is python-multipart's streaming one, the
 one Starlette's `request.form()` runs, with Starlette's rules and messages (at most one
@@ -20,7 +20,7 @@ from python_multipart.exceptions import FormParserError
 from python_multipart.multipart import MultipartParser, MultipartState, parse_options_header
 
 from src.api.schemas import FilePart
-from src.jobs.submit import Upload
+from src.jobs.uploads import Upload
 
 if TYPE_CHECKING:
     from python_multipart.multipart import MultipartCallbacks

@@ -1,5 +1,5 @@
 """Waiting on jobs, for `GET /jobs/{id}?wait=` and the event streams: woken by change
-notices (`src.core.notify`), not by polling the store per client.
+notices (`src.core.notices`), not by polling the store per client.
 
 `?wait=`: a waiting request registers a future; one loop, running only while someone
 waits, reads the jobs it was told changed (in one query, however many) and resolves
@@ -19,7 +19,7 @@ from collections.abc import AsyncGenerator, Callable
 
 from pymongo.errors import PyMongoError
 
-from src.core.notify import Listener
+from src.core.notices import Listener
 from src.jobs.async_store import AsyncJobStore
 from src.jobs.model import TERMINAL
 from src.jobs.records import JobDoc

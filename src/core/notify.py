@@ -1,6 +1,7 @@
-"""Job change notices over Redis pub/sub: whoever changes a job says which one, and the
-API wakes exactly the requests that wait on it (`?wait=`, event streams) instead of
-polling the store once per client.
+"""Job change notices over Redis pub/sub: whoever changes a job says which one (this
+module: the channel and the publisher), and the API wakes exactly the requests that wait
+on it (`?wait=`, event streams; `src.core.notices`) instead of polling the store once per
+client.
 
 Only a job id travels, never data: a woken waiter reads the store. Notices are best
 effort both ways. A publish that fails is dropped (a worker's job never waits on
@@ -10,19 +11,12 @@ poll the store, as they also do slowly while live, so a lost notice only delays 
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
-import os
-import re
-import socket
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any, Protocol
 
 import redis
-import redis.asyncio as aioredis
-from redis.asyncio.retry import Retry as AsyncRetry
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
@@ -33,11 +27,6 @@ PUBLISH_TIMEOUT_SECONDS = 0.25  # a notice is worth less than a chunk's time
 PUBLISH_PAUSE_SECONDS = (1.0, 16.0)  # after a failed publish, drop notices this long,
 # doubling while they fail: a Redis that hangs costs a job one short timeout now and then
 LOG_EVERY_SECONDS = 60.0
-RETRY_SECONDS = (0.5, 15.0)  # the listener reconnects after this, doubling up to the second
-IDLE_SECONDS = 30.0  # the listener keeps its connection this long after its last waiter
-READ_SECONDS = 1.0  # how often the listener looks up from Redis (idle, shutdown)
-
-Wake = Callable[[], None]
 
 
 class RareLog:
@@ -117,230 +106,3 @@ class Publisher:
             )
         else:
             self._next_pause = self._pause[0]
-
-
-class Watch:
-    """One waiter's doorbell: `wait` returns when its job may have changed, or on timeout."""
-
-    def __init__(self) -> None:
-        self._event = asyncio.Event()
-
-    def wake(self) -> None:
-        self._event.set()
-
-    async def wait(self, timeout: float) -> bool:
-        """True when woken (a change since the last wait), False after `timeout`.
-
-        Read the store after this returns: a notice that came while the caller was
-        reading rings at once, so none is missed between two waits.
-        """
-        try:
-            await asyncio.wait_for(self._event.wait(), timeout)
-            return True
-        except TimeoutError:
-            return False
-        finally:
-            self._event.clear()
-
-
-class _Subscription(Protocol):
-    async def subscribe(self, *channels: str) -> Any: ...
-    async def get_message(
-        self, ignore_subscribe_messages: bool = False, timeout: float | None = 0.0
-    ) -> dict[str, Any] | None: ...
-    async def aclose(self) -> None: ...
-
-
-class Listener:
-    """The API process's one subscription, shared by every waiter of the process.
-
-    Started with the first waiter, closed `idle` seconds after the last one leaves (or
-    by `close`). Each notice wakes exactly the waiters of that job; while the
-    subscription is not live (connecting, Redis down) `live` is false, and when it
-    becomes live or is lost every waiter is woken: it may have missed a notice.
-    Its connection is named `<name>:<host>:<pid>` (Redis `CLIENT LIST`). `connect`
-    (tests) gives the subscription instead of a Redis connection.
-    """
-
-    def __init__(
-        self,
-        url: str,
-        channel: str = CHANNEL,
-        *,
-        name: str = "cleaning",
-        idle: float = IDLE_SECONDS,
-        retry: tuple[float, float] = RETRY_SECONDS,
-        read_every: float = READ_SECONDS,
-        connect: Callable[[], _Subscription] | None = None,
-    ) -> None:
-        self.url, self.channel, self.name = url, channel, name
-        self._idle, self._retry, self._read_every = idle, retry, read_every
-        self._connect = connect or self._redis_subscription
-        self._waiters: dict[str, list[Wake]] = {}
-        self._task: asyncio.Task[None] | None = None
-        self._changed: asyncio.Event | None = None
-        self._publisher: aioredis.Redis | None = None
-        self._sending: set[asyncio.Task[None]] = set()
-        self._log = RareLog(log)
-        self.live = False
-
-    # ------------------------------------------------------------ waiters
-    def add(self, job_id: str, wake: Wake) -> Callable[[], None]:
-        """Call `wake` on each notice about `job_id` (and on live/lost); returns `remove`."""
-        self._waiters.setdefault(job_id, []).append(wake)
-        if self._task is None or self._task.done():
-            self._task = asyncio.create_task(self._run(), name="job-notices")
-
-        def remove() -> None:
-            wakes = self._waiters.get(job_id, [])
-            with contextlib.suppress(ValueError):
-                wakes.remove(wake)
-            if not wakes:
-                self._waiters.pop(job_id, None)
-            if not self._waiters and self._changed is not None:
-                self._changed.set()  # a listener waiting to reconnect leaves now
-
-        return remove
-
-    @contextlib.contextmanager
-    def watch(self, job_id: str) -> Iterator[Watch]:
-        """A `Watch` rung by notices about `job_id` while the block runs."""
-        watch = Watch()
-        remove = self.add(job_id, watch.wake)
-        try:
-            yield watch
-        finally:
-            remove()
-
-    def watched(self) -> int:
-        """How many jobs have waiters (for tests and diagnostics)."""
-        return len(self._waiters)
-
-    def dispatch(self, job_id: str) -> int:
-        """Wake the waiters of `job_id`; how many there were."""
-        wakes = list(self._waiters.get(job_id, ()))
-        for wake in wakes:
-            _call(wake)
-        return len(wakes)
-
-    def _wake_all(self) -> None:
-        for wakes in list(self._waiters.values()):
-            for wake in list(wakes):
-                _call(wake)
-
-    def _set_live(self, live: bool) -> None:
-        if live != self.live:
-            self.live = live
-            self._wake_all()  # connected: re-read what may have changed meanwhile; lost: poll
-
-    # ------------------------------------------------------------ publishing (API side)
-    def publish(self, job_id: str) -> None:
-        """Tell every API process `job_id` changed (a cancel, a delete), in the background.
-
-        While not live, this process's own waiters are woken at once as well.
-        """
-        if not self.live:
-            self.dispatch(job_id)
-        task = asyncio.create_task(self._publish(job_id))
-        self._sending.add(task)
-        task.add_done_callback(self._sending.discard)
-
-    async def _publish(self, job_id: str) -> None:
-        try:
-            if self._publisher is None:
-                self._publisher = aioredis.Redis.from_url(
-                    self.url,
-                    socket_timeout=PUBLISH_TIMEOUT_SECONDS,
-                    socket_connect_timeout=PUBLISH_TIMEOUT_SECONDS,
-                    retry=AsyncRetry(NoBackoff(), 0),
-                )
-            await self._publisher.publish(self.channel, job_id)
-        except Exception as exc:
-            self._log.warning("job change notice not sent (%s: %s)", type(exc).__name__, exc)
-
-    # ------------------------------------------------------------ the subscription
-    def _redis_subscription(self) -> _Subscription:
-        name = re.sub(r"[^\w.:-]", "_", f"{self.name}:{socket.gethostname()}:{os.getpid()}")
-        client = aioredis.Redis.from_url(
-            self.url,
-            socket_connect_timeout=2.0,
-            socket_timeout=5.0,
-            client_name=name,
-            retry=AsyncRetry(NoBackoff(), 0),  # this loop reconnects, and says so
-        )
-        return client.pubsub()
-
-    async def _run(self) -> None:
-        delay = self._retry[0]
-        self._changed = asyncio.Event()
-        # Checked with no await before returning: `add` sees this task done, or it is seen.
-        while self._waiters:
-            try:
-                if await self._listen():
-                    delay = self._retry[0]
-                    continue
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                self._log.warning(
-                    "job change notices unavailable (%s: %s); waiters poll the store",
-                    type(exc).__name__,
-                    exc,
-                )
-            if self._waiters:  # wait to reconnect, but leave at once when the last waiter does
-                self._changed.clear()
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._changed.wait(), delay)
-                delay = min(delay * 2, self._retry[1])
-
-    async def _listen(self) -> bool:
-        """Subscribe and dispatch until idle long enough; True when it was live."""
-        subscription = self._connect()
-        idle_since: float | None = None
-        try:
-            await subscription.subscribe(self.channel)
-            while True:
-                if message := await subscription.get_message(timeout=self._read_every):
-                    self._handle(message)
-                if self._waiters:
-                    idle_since = None
-                elif idle_since is None:
-                    idle_since = time.monotonic()
-                elif time.monotonic() - idle_since >= self._idle:
-                    return self.live
-        finally:
-            was_live = self.live
-            self._set_live(False)
-            with contextlib.suppress(Exception):
-                await subscription.aclose()
-            if was_live:
-                log.info("job change notices: subscription closed")
-
-    def _handle(self, message: dict[str, Any]) -> None:
-        if message["type"] == "subscribe":  # Redis confirmed: from now on, nothing is missed
-            self._set_live(True)
-        elif message["type"] == "message":
-            data = message["data"]
-            self.dispatch(data.decode() if isinstance(data, bytes) else str(data))
-
-    async def close(self) -> None:
-        """Stop listening and sending (at shutdown)."""
-        tasks = [t for t in (self._task, *self._sending) if t is not None and not t.done()]
-        for task in tasks:
-            task.cancel()
-        for task in tasks:
-            with contextlib.suppress(BaseException):
-                await task
-        if self._publisher is not None:
-            with contextlib.suppress(Exception):
-                await self._publisher.aclose()
-            self._publisher = None
-        self.live = False
-
-
-def _call(wake: Wake) -> None:
-    """A waiter's doorbell; its failure never stops the others'."""
-    try:
-        wake()
-    except Exception:
-        log.exception("job notice waiter failed")

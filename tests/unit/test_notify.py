@@ -1,4 +1,4 @@
-"""Job change notices (src/core/notify.py) without Redis: what is published and when it is
+"""Job change notices (src/core/notify.py, notices.py) without Redis: what is published, when it is
 dropped, which waiters a notice wakes, and how the API's waiters read the store then.
 
 The subscription is a fake fed by the test (`FakeSubscription`); a publisher's client
@@ -18,8 +18,9 @@ import pytest
 from redis.exceptions import ConnectionError as RedisConnectionError
 
 from src.api.watch import JobWatcher, job_changes
-from src.core import notify
-from src.core.notify import CHANNEL, Listener, Publisher, RareLog, Watch
+from src.core import notices as notices_module
+from src.core.notices import Listener, Watch
+from src.core.notify import CHANNEL, Publisher, RareLog
 from src.jobs.model import JobStatus
 from src.jobs.records import part_id
 from src.worker.job_metrics import JobMetrics
@@ -351,7 +352,7 @@ async def test_publish_while_down_wakes_this_process_at_once(
         async def aclose(self) -> None:
             pass
 
-    monkeypatch.setattr(notify.aioredis.Redis, "from_url", lambda *a, **k: FakeRedis())
+    monkeypatch.setattr(notices_module.aioredis.Redis, "from_url", lambda *a, **k: FakeRedis())
     subs = Subscriptions()
     notices = listener(subs)
     bell = Bell()

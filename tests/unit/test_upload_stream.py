@@ -15,7 +15,7 @@ import anyio
 import pytest
 
 from src.api.upload import MAX_TEXT_BYTES
-from src.jobs.submit import SPOOL_BYTES
+from src.jobs.uploads import SPOOL_BYTES
 from tests.unit.conftest import CSV, Api, locs, problem_of
 
 pytestmark = pytest.mark.anyio

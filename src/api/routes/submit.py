@@ -27,6 +27,7 @@ from src.api.upload import FormError, FormReader, TextTooLong
 from src.core import broker, instruments
 from src.data.options import CleaningOptions
 from src.jobs import submit as submission
+from src.jobs import uploads
 from src.jobs.model import Job, new_job_id
 from src.jobs.submit import describe_validation
 
@@ -81,9 +82,9 @@ async def _upload(
         raise ApiError(kind, f"upload exceeds MAX_UPLOAD_MB ({limit} MB)")
     limiter = _upload_threads(request)
 
-    def open_upload(filename: str) -> submission.Upload | None:
+    def open_upload(filename: str) -> uploads.Upload | None:
         try:
-            return submission.Upload(files, settings, job_id, filename, limiter)
+            return uploads.Upload(files, settings, job_id, filename, limiter)
         except submission.UnsupportedFile:
             return None  # its bytes go nowhere; refused below, as before, in order
 
