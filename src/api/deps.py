@@ -11,6 +11,7 @@ from fastapi.security import APIKeyHeader
 
 from src.api import errors, ratelimit
 from src.api.errors import ApiError
+from src.api.jobcache import JobCache
 from src.api.watch import JobWatcher
 from src.core.config import Settings
 from src.core.notices import Listener
@@ -37,6 +38,11 @@ async def get_notices(request: Request) -> Listener:
     return request.app.state.notices
 
 
+async def get_job_cache(request: Request) -> JobCache:
+    """The app's cache of job documents (made by `create_app`, started with the app)."""
+    return request.app.state.jobs
+
+
 async def get_watcher(
     request: Request,
     store: Annotated[AsyncJobStore, Depends(get_store)],
@@ -55,6 +61,7 @@ WatcherDep = Annotated[JobWatcher, Depends(get_watcher)]
 NoticesDep = Annotated[Listener, Depends(get_notices)]
 FilesDep = Annotated[Storage, Depends(get_files)]
 JobStoreDep = Annotated[AsyncJobStore, Depends(get_store)]
+JobCacheDep = Annotated[JobCache, Depends(get_job_cache)]
 
 _api_key_header = APIKeyHeader(name="X-API-Key", auto_error=False)
 

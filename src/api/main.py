@@ -13,6 +13,7 @@ from pymongo.errors import PyMongoError
 from src.api import monitoring, openapi
 from src.api.docs_ui import install_docs
 from src.api.errors import BodyGuard, install_error_handlers
+from src.api.jobcache import JobCache
 from src.api.logcontext import install_log_context
 from src.api.routes import health, jobs, problems, submit
 from src.core import broker
@@ -69,7 +70,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         log.info("job files: %s", app.state.files.description)
         bucket = asyncio.create_task(_prepare(app.state.files))
         warm = asyncio.create_task(asyncio.to_thread(broker.warm_up))
+        app.state.jobs.start()  # subscribes to the notices for good: the cache needs them
         yield
+        app.state.jobs.stop()
         warm.cancel()
         indexes.cancel()
         bucket.cancel()
@@ -96,6 +99,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.files = open_storage(settings)
     app.state.notices = Listener(settings.redis_url, name="cleaning-api")  # at first waiter
+    app.state.jobs = JobCache(app.state.notices, max_age=settings.job_cache_seconds)
     install_error_handlers(app)
     app.include_router(health.router)
     app.include_router(submit.router)

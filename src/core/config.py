@@ -52,6 +52,12 @@ class Settings(BaseSettings):
         description="WATCH_FALLBACK_SECONDS: `?wait=` and event streams are woken by change "
         "notices (Redis pub/sub); they read the store this often without one all the same",
     )
+    job_cache_seconds: float = Field(
+        5.0,
+        ge=0,
+        description="JOB_CACHE_SECONDS: GET /jobs/{id} answers a job read this recently "
+        "without the store while no change notice came for it (0: always read the store)",
+    )
 
     job_retention_hours: float = Field(
         168, gt=0, description="JOB_RETENTION_HOURS: jobs and their files expire after this"

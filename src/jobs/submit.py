@@ -14,14 +14,11 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import PurePath
 from typing import Any
 
-import anyio
-import anyio.from_thread
-import anyio.to_thread
 from pydantic import ValidationError
 from pymongo.errors import DuplicateKeyError, PyMongoError
 
@@ -185,11 +182,16 @@ async def submit(
     store: AsyncJobStore,
     settings: Settings,
     files: Storage,
-    send_clean: Callable[[str], None],
+    send_clean: Callable[[str], Awaitable[None]],
     sub: Submission,
     idempotency_key: str | None = None,
+    inserted: Callable[[JobDoc], None] | None = None,
 ) -> tuple[Job, bool]:
-    """Record and queue the job; (job, created). Removes the job's files on any refusal."""
+    """Record and queue the job; (job, created). Removes the job's files on any refusal.
+
+    `send_clean` returns once the task is on the broker (the API's `TaskSender`);
+    `inserted` is told the new job's document once stored, before its task is sent.
+    """
     job_id, digest = sub.job_id, sub.request_hash()
     scoped = sub.scoped(idempotency_key) if idempotency_key else None
     try:
@@ -225,9 +227,11 @@ async def submit(
     except BaseException:  # refused, or anything unexpected: no job, so no file either
         layout.remove_job(files, job_id)
         raise
+    if inserted is not None:
+        inserted(doc)
 
     try:
-        await anyio.to_thread.run_sync(send_clean, job_id)
+        await send_clean(job_id)
     except Exception as exc:  # kombu raises several kinds when Redis is down
         log.warning("submit: broker unavailable, rolling back job %s: %s", job_id, exc)
         try:

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import socket
+from collections.abc import Iterator
 from contextlib import AbstractContextManager
 from functools import lru_cache
 
@@ -119,6 +121,17 @@ JOB_TASK = {
 }
 
 
+@contextlib.contextmanager
+def _changes(job_id: str) -> Iterator[None]:
+    """Publish the job's id when the block ends, however it ends: the block writes fields
+    of the job (callback or MLflow status) that readers, the API's cache among them
+    (`src.api.jobcache`), must see."""
+    try:
+        yield
+    finally:
+        publisher().publish(job_id)
+
+
 def _after(task: Task, outcome: Outcome, job_id: str) -> str:
     if outcome is Outcome.BUSY:
         # Another worker holds it with a live heartbeat (or it just died and the
@@ -130,6 +143,7 @@ def _after(task: Task, outcome: Outcome, job_id: str) -> str:
             callback.delay(job_id)
     # GONE too: a queued job the API cancelled ends without a worker; its task comes here.
     if tracking.wanted(store(), get_settings(), job_id):
+        publisher().publish(job_id)  # mlflow_status may have changed: readers re-read
         broker.send_track(job_id)
     return outcome.value
 
@@ -157,7 +171,7 @@ def merge_parts(self: Task, job_id: str) -> str:
 
 @app.task(name=broker.CALLBACK_TASK, bind=True, max_retries=None)
 def callback(self: Task, job_id: str) -> bool:
-    with _job_log(job_id):
+    with _job_log(job_id), _changes(job_id):
         try:
             return callbacks.deliver_callback(store(), get_settings(), job_id)
         except callbacks.CallbackFailed as exc:
@@ -172,7 +186,7 @@ def callback(self: Task, job_id: str) -> bool:
 @app.task(name=broker.TRACK_TASK, autoretry_for=(PyMongoError,), max_retries=3)
 def track(job_id: str) -> str | None:
     """Log a finished job to MLflow (MLFLOW_TRACKING_URI); its failures are the sweep's."""
-    with _job_log(job_id):
+    with _job_log(job_id), _changes(job_id):
         return tracking.track_job(context(), job_id)
 
 

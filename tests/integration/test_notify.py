@@ -24,15 +24,20 @@ from typing import Any
 import httpx
 import pytest
 import redis
+from pymongo import MongoClient
 
 from src.core.notify import CHANNEL
-from src.jobs.model import JOB_ID
+from src.jobs.model import JOB_ID, new_job_id
+from src.jobs.records import new_job_doc
+from src.jobs.store import COLLECTION
 from tests.integration.conftest import hold_path, upload, wait_held, wait_job
+from tests.integration.test_callbacks import receiver
 from tests.support.hold import held
 from tests.support.inputs import make_input
 from tests.support.services import Stack, free_port, stop
 
 OFF = "3600"  # WATCH_FALLBACK_SECONDS: no fallback poll within a test
+FOREVER = "3600"  # JOB_CACHE_SECONDS: no cached job is read again for its age in a test
 DEADLINE = 60  # seconds: a waiter that needs more than this was never woken
 CHUNKS = '{"chunk_rows": 200}'  # many progress reports: the hold catches the first
 
@@ -57,8 +62,9 @@ def started_api(stack: Stack, **env: str) -> Iterator[Api]:
 
 @pytest.fixture
 def quiet_api(stack: Stack, worker: subprocess.Popen) -> Iterator[Api]:
-    """An API whose waiters only a notice wakes."""
-    with started_api(stack, WATCH_FALLBACK_SECONDS=OFF) as api:
+    """An API whose waiters only a notice wakes; without its job cache, which would
+    subscribe at start: this one subscribes with its first waiter."""
+    with started_api(stack, WATCH_FALLBACK_SECONDS=OFF, JOB_CACHE_SECONDS="0") as api:
         yield api
 
 
@@ -284,3 +290,132 @@ def test_the_worker_publishes_job_ids_only(
         pubsub.close()
         client.close()
     assert all(JOB_ID.fullmatch(data.decode()) for data in seen), seen
+
+
+# ------------------------------------------------------------------ GET answered by the cache
+def test_a_get_after_the_workers_notice_never_answers_the_old_state(
+    stack: Stack, worker: subprocess.Popen, big: Path
+) -> None:
+    """The job is read (and kept) while held running; once its callback comes, the
+    worker has stored its end and published the notice: the next GET says so, though
+    the cache never re-reads a job for its age here."""
+    env = {"WATCH_FALLBACK_SECONDS": OFF, "JOB_CACHE_SECONDS": FOREVER}
+    with started_api(stack, **env) as api, receiver() as hook:
+        until(lambda: subscribed(stack, api), "the API subscribed (at its start)")
+        with held(hold_path(stack)) as hold:
+            r = upload(api.client, big, CHUNKS, callback_url=hook.url())
+            assert r.status_code == 202, r.text
+            job_id = r.json()["id"]
+            wait_held(api.client, job_id, hold)
+            for _ in range(3):
+                assert api.client.get(f"/jobs/{job_id}").json()["status"] == "running"
+        until(lambda: bool(hook.hits), "the callback of the job's end")
+        job = api.client.get(f"/jobs/{job_id}").json()
+    assert job["status"] == "succeeded", job
+    assert job["progress"]["rows_done"] == 3 * 672
+
+
+def test_the_callbacks_outcome_reaches_a_cached_job(
+    stack: Stack, worker: subprocess.Popen, sample_path: Path
+) -> None:
+    """The callback task stores its delivery after the webhook answered, and publishes
+    the job's id: a GET that read (and kept) the job while the webhook was held sees
+    the delivery, though the cache never re-reads a job for its age here."""
+    arrived, release = threading.Event(), threading.Event()
+
+    def held_answer(path: str) -> tuple[int, dict[str, str]]:
+        arrived.set()
+        release.wait(DEADLINE)
+        return 204, {}
+
+    env = {"WATCH_FALLBACK_SECONDS": OFF, "JOB_CACHE_SECONDS": FOREVER}
+    with started_api(stack, **env) as api, receiver(held_answer) as hook:
+        until(lambda: subscribed(stack, api), "the API subscribed (at its start)")
+        r = upload(api.client, sample_path, callback_url=hook.url())
+        assert r.status_code == 202, r.text
+        job_id = r.json()["id"]
+        assert arrived.wait(DEADLINE), "the webhook never came"
+        for _ in range(2):  # the second is the cache's answer
+            job = api.client.get(f"/jobs/{job_id}").json()
+            assert job["status"] == "succeeded" and job["callback_status"] != "delivered", job
+        release.set()
+        until(
+            lambda: api.client.get(f"/jobs/{job_id}").json()["callback_status"] == "delivered",
+            "the callback's delivery shown by GET",
+        )
+
+
+@dataclass
+class Unserved:
+    """Jobs of a database no worker reads, changed by the test alone."""
+
+    db: str
+    mongo: MongoClient
+    redis: redis.Redis
+
+    def insert(self) -> str:
+        job_id = new_job_id()
+        doc = new_job_doc(
+            job_id=job_id,
+            input_relpath=f"jobs/{job_id}/input.csv",
+            input_name="input.csv",
+            options={},
+            output_format="csv",
+            retention_hours=1,
+        )
+        self.mongo[self.db][COLLECTION].insert_one(doc)
+        return job_id
+
+    def set_rows(self, job_id: str, rows: int) -> None:
+        """A change in the store that no notice tells."""
+        self.mongo[self.db][COLLECTION].update_one({"_id": job_id}, {"$set": {"rows_done": rows}})
+
+
+@pytest.fixture
+def unserved(stack: Stack) -> Iterator[Unserved]:
+    env = stack.env()
+    mongo: MongoClient = MongoClient(env["MONGO_URL"])
+    client = redis.Redis.from_url(stack.redis.url)
+    try:
+        yield Unserved("cleaning_notify_cache", mongo, client)
+    finally:
+        mongo.close()
+        client.close()
+
+
+def rows(api: Api, job_id: str) -> int:
+    r = api.client.get(f"/jobs/{job_id}")
+    assert r.status_code == 200, r.text
+    return int(r.json()["progress"]["rows_done"])
+
+
+def test_a_cached_job_is_answered_until_its_notice(stack: Stack, unserved: Unserved) -> None:
+    """The cache does answer (a change no notice tells stays unseen), and a notice
+    published before a GET is always seen by it."""
+    env = {"MONGO_DB": unserved.db, "JOB_CACHE_SECONDS": FOREVER}
+    with started_api(stack, **env) as api:
+        until(lambda: subscribed(stack, api), "the API subscribed (at its start)")
+        job_id = unserved.insert()
+        deadline = time.monotonic() + DEADLINE
+        for n in itertools.count(1):  # until live: the API may not have its confirmation yet
+            assert time.monotonic() < deadline, "the API never answered from its cache"
+            rows(api, job_id)
+            unserved.set_rows(job_id, n)
+            if rows(api, job_id) == n - 1:  # the cache answered: the store says n
+                break
+        for _ in range(3):
+            unserved.set_rows(job_id, n + 100)
+            assert unserved.redis.publish(CHANNEL, job_id) >= 1  # the API hears it
+            assert rows(api, job_id) == n + 100
+            n += 100
+
+
+def test_without_notices_every_get_reads_the_store(stack: Stack, unserved: Unserved) -> None:
+    """The API's Redis is a dead port: its cache is never trusted."""
+    dead = f"redis://127.0.0.1:{free_port()}/0"
+    env = {"MONGO_DB": unserved.db, "REDIS_URL": dead, "JOB_CACHE_SECONDS": FOREVER}
+    with started_api(stack, **env) as api:
+        job_id = unserved.insert()
+        for n in range(1, 6):
+            unserved.set_rows(job_id, n)
+            assert rows(api, job_id) == n

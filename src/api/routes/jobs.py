@@ -20,6 +20,7 @@ from src.api import errors, openapi
 from src.api.deps import (
     Caller,
     FilesDep,
+    JobCacheDep,
     JobStoreDep,
     NoticesDep,
     ReaderDep,
@@ -27,6 +28,7 @@ from src.api.deps import (
     WatcherDep,
 )
 from src.api.errors import ApiError, shown
+from src.api.jobcache import JobCache
 from src.api.models import JobList
 from src.api.ratelimit import StreamSlots
 from src.api.routes.submit import job_response
@@ -46,9 +48,12 @@ MAX_WAIT_SECONDS = 60
 JobId = Annotated[str, openapi.path_param(EXAMPLE_ID)]
 
 
-async def _get(store: AsyncJobStore, job_id: str, caller: Caller) -> JobDoc:
-    """The job, if it exists and is the caller's (another key's job is "not found")."""
-    doc = await store.get(job_id)
+async def _get(
+    store: AsyncJobStore, job_id: str, caller: Caller, cache: JobCache | None = None
+) -> JobDoc:
+    """The job, if it exists and is the caller's (another key's job is "not found"); from
+    `cache` when given (`src.api.jobcache`: as fresh as the change notices)."""
+    doc = await (store.get(job_id) if cache is None else cache.get(job_id, store))
     if doc is None or not caller.sees(doc):
         raise ApiError(errors.JOB_NOT_FOUND, f"job {shown(job_id)} not found")
     return doc
@@ -104,6 +109,7 @@ async def list_jobs(
 async def get_job(
     job_id: JobId,
     store: JobStoreDep,
+    cache: JobCacheDep,
     watcher: WatcherDep,
     caller: ReaderDep,
     wait: Annotated[
@@ -115,10 +121,10 @@ async def get_job(
         ),
     ] = None,
 ) -> Job:
-    doc = await _get(store, job_id, caller)
+    doc = await _get(store, job_id, caller, cache)
     if wait and doc["status"] not in TERMINAL:
         await watcher.wait_finished(job_id, wait)
-        doc = await _get(store, job_id, caller)
+        doc = await _get(store, job_id, caller)  # the store's: the watcher may have polled
     return Job.from_doc(doc)
 
 

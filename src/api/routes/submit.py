@@ -20,11 +20,12 @@ from pydantic import ValidationError
 from starlette.requests import ClientDisconnect
 
 from src.api import errors, openapi
-from src.api.deps import FilesDep, JobStoreDep, SettingsDep, SubmitterDep
+from src.api.deps import FilesDep, JobCacheDep, JobStoreDep, SettingsDep, SubmitterDep
 from src.api.errors import ApiError, field_errors, shown
 from src.api.schemas import SourceRequest, UploadRequest
+from src.api.sending import TaskSender
 from src.api.upload import FormError, FormReader, TextTooLong
-from src.core import broker, instruments
+from src.core import instruments
 from src.data.options import CleaningOptions
 from src.jobs import submit as submission
 from src.jobs import uploads
@@ -62,6 +63,14 @@ def _content_length(request: Request) -> int:
     if not raw.isdigit():
         raise ApiError(errors.INVALID_REQUEST, "Content-Length must be a non-negative integer")
     return int(raw)
+
+
+def _sender(request: Request) -> TaskSender:
+    """The app's sender of `clean` tasks (batched: `src.api.sending`)."""
+    sender: TaskSender | None = getattr(request.app.state, "sender", None)
+    if sender is None:
+        sender = request.app.state.sender = TaskSender()
+    return sender
 
 
 def _upload_threads(request: Request) -> anyio.CapacityLimiter:
@@ -205,6 +214,7 @@ async def submit_job(
     store: JobStoreDep,
     settings: SettingsDep,
     files: FilesDep,
+    cache: JobCacheDep,
     caller: SubmitterDep,
     idempotency_key: Annotated[
         str | None,
@@ -230,9 +240,13 @@ async def submit_job(
         detail = f"send {MULTIPART} (a file) or {JSON} (a source), not {given}"
         raise ApiError(errors.UNSUPPORTED_MEDIA, detail)
     sub = dataclasses.replace(sub, owner=caller.name, owner_hash=caller.digest)
-    job, created = await submission.submit(
-        store, settings, files, broker.send_clean, sub, idempotency_key
-    )
+    try:
+        job, created = await submission.submit(
+            store, settings, files, _sender(request), sub, idempotency_key, cache.put_new
+        )
+    except BaseException:
+        cache.changed(job_id)  # rolled back, or never stored: not to be answered
+        raise
     if created:
         log.info("job %s: submitted by %s", job.id, caller.name or "anyone (no API_KEYS)")
         instruments.JOBS_SUBMITTED.labels(owner=caller.name or "").inc()
