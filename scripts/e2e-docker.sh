@@ -39,12 +39,13 @@ CACHE_DIR=${E2E_DOCKER_CACHE:-/var/cache/product-cleaning-docker}
 CA_BUNDLE=${E2E_DOCKER_CA_BUNDLE:-/etc/ssl/certs/ca-certificates.crt}
 SUITE=bookworm
 # Limits on the size above the base image, in MB (1 MB = 10^6 bytes, as docker prints).
-# The API's is the issue's target. The worker's target (205 MB) cannot be met with the
-# locked engine (polars and pyarrow are 250 MB between them): this limit only catches
-# regressions; docker/worker/README.md has the figures.
+# The issue's targets (issue 15): the API image at most 200 MB and the worker's at most
+# 330 MB on the real python:3.11-slim (123 MB), so 75 and 205 MB above it. The engine
+# runs on polars alone (no pyarrow, pandas or numpy); the clean-data image is the same
+# engine with the CLI, held to the worker's limit.
 API_LIMIT_MB=${E2E_API_LIMIT_MB:-75}
-WORKER_LIMIT_MB=${E2E_WORKER_LIMIT_MB:-480}
-ETL_LIMIT_MB=${E2E_ETL_LIMIT_MB:-450}
+WORKER_LIMIT_MB=${E2E_WORKER_LIMIT_MB:-205}
+ETL_LIMIT_MB=${E2E_ETL_LIMIT_MB:-205}
 
 DOCKER=/usr/bin/docker # Debian's client: it has BuildKit; others on PATH may lack buildx
 

@@ -217,7 +217,7 @@ def run(argv: list[str] | None = None) -> int:
 
 
 def main() -> None:
-    # The engine's libraries (polars, pyarrow, numpy) create ~50,000 objects as they load,
+    # The engine's libraries (polars above all) create ~50,000 objects as they load,
     # which the cyclic collector would traverse again and again (~40 ms of a start-up);
     # a command keeps them for its whole life anyway, so `run` freezes them once loaded.
     gc.disable()

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-import numpy as np
 import polars as pl
 
 from src.data.options import CleaningOptions
@@ -17,38 +16,32 @@ MAX_ID_EXAMPLES = 20
 
 
 class SeenHashes:
-    """A set of 64-bit row hashes kept as a few sorted numpy arrays.
+    """A set of 64-bit row hashes kept as a few sorted, unique polars Series.
 
     8 bytes a row instead of a Python set's ~60, so memory stays small on
-    inputs of millions of rows; arrays of similar size are merged, like a
+    inputs of millions of rows; levels of similar size are merged, like a
     binary counter, so the total work stays O(n log n).
     """
 
     def __init__(self) -> None:
-        self._levels: list[np.ndarray] = []
+        self._levels: list[pl.Series] = []
 
-    def seen_before(self, hashes: np.ndarray) -> np.ndarray:
+    def seen_before(self, hashes: pl.Series) -> pl.Series:
         """Mark hashes already seen (or repeated within `hashes`) and remember them all.
 
-        Sort-based throughout (numpy's hash-based `unique` is several times slower
-        here); levels hold disjoint sorted arrays, so merging two is one stable sort
-        of two sorted runs.
+        Binary search in the levels (a hash set of a level would cost its size on
+        every chunk); levels hold disjoint sorted Series, so the total work stays
+        O(n log n).
         """
-        order = np.argsort(hashes, kind="stable")  # equal hashes keep input order
-        ordered = hashes[order]
-        first = np.ones(ordered.size, dtype=bool)
-        first[1:] = ordered[1:] != ordered[:-1]
-        new = ordered[first]  # sorted, unique
-        seen = np.zeros(new.size, dtype=bool)
+        hashes = hashes.cast(pl.UInt64)
+        dup = ~hashes.is_first_distinct()
         for level in self._levels:
-            pos = np.minimum(np.searchsorted(level, new), level.size - 1)
-            seen |= level[pos] == new
-        dup = np.empty(hashes.size, dtype=bool)
-        dup[order] = ~first | seen[np.cumsum(first) - 1]
-        new = new[~seen]
-        while self._levels and self._levels[-1].size <= new.size:
-            new = np.sort(np.concatenate((self._levels.pop(), new)), kind="stable")
-        if new.size:
+            pos = level.search_sorted(hashes).clip(upper_bound=level.len() - 1)
+            dup |= level.gather(pos) == hashes
+        new = hashes.filter(~dup).sort()
+        while self._levels and self._levels[-1].len() <= new.len():
+            new = self._levels.pop().append(new).sort()
+        if new.len():
             self._levels.append(new)
         return dup
 
@@ -101,20 +94,20 @@ def dedupe(frame: pl.DataFrame, options: CleaningOptions, state: RunState) -> pl
     hashes = row_hashes(frame) if options.drop_duplicates else None
     keep = judge_duplicates(ids, hashes, frame.height, state)
     if keep is not None:
-        frame = frame.filter(pl.Series(keep))
+        frame = frame.filter(keep)
     state.rows_out += frame.height
     return frame
 
 
-def row_hashes(frame: pl.DataFrame) -> np.ndarray:
+def row_hashes(frame: pl.DataFrame) -> pl.Series:
     """One 64-bit hash per row, over every column but the row index."""
     keys = [c for c in frame.columns if c not in index_columns(frame.columns)]
-    return frame.select(keys).hash_rows(seed=0).to_numpy()
+    return frame.select(keys).hash_rows(seed=0)
 
 
 def judge_duplicates(
-    ids: pl.Series | None, hashes: np.ndarray | None, height: int, state: RunState
-) -> np.ndarray | None:
+    ids: pl.Series | None, hashes: pl.Series | None, height: int, state: RunState
+) -> pl.Series | None:
     """Count repeated ids; with row `hashes`, the rows to keep (None: keep all).
 
     Works from ids and hashes alone, so a split job's merge can judge rows it
@@ -122,10 +115,10 @@ def judge_duplicates(
     """
     if ids is not None and height:
         ids = ids.cast(pl.String).fill_null("")
-        dup = state.ids_seen.seen_before(ids.hash(seed=0).to_numpy()) & (ids != "").to_numpy()
+        dup = state.ids_seen.seen_before(ids.hash(seed=0)) & (ids != "")
         state.duplicate_ids += int(dup.sum())
         if len(state.duplicate_id_examples) < MAX_ID_EXAMPLES and dup.any():
-            for value in ids.filter(pl.Series(dup)).unique(maintain_order=True).to_list():
+            for value in ids.filter(dup).unique(maintain_order=True).to_list():
                 if value not in state.duplicate_id_examples:
                     state.duplicate_id_examples.append(value)
             del state.duplicate_id_examples[MAX_ID_EXAMPLES:]
@@ -143,9 +136,9 @@ def neutralise_formulas(frame: pl.DataFrame, state: RunState) -> pl.DataFrame:
     return frame
 
 
-def neutralise_rows(frame: pl.DataFrame) -> tuple[pl.DataFrame, np.ndarray]:
+def neutralise_rows(frame: pl.DataFrame) -> tuple[pl.DataFrame, pl.Series]:
     """`neutralise_formulas`, with the number of cells changed in each row."""
-    per_row = np.zeros(frame.height, dtype=np.uint32)
+    per_row = pl.repeat(0, frame.height, dtype=pl.UInt32, eager=True)
     out = []
     for name, dtype in frame.schema.items():
         if dtype != pl.String:
@@ -155,8 +148,8 @@ def neutralise_rows(frame: pl.DataFrame) -> tuple[pl.DataFrame, np.ndarray]:
             False
         )
         if risky.any():
-            per_row += risky.to_numpy()
+            per_row += risky.cast(pl.UInt32)
             out.append(
                 pl.select(pl.when(risky).then("'" + col).otherwise(col)).to_series().alias(name)
             )
-    return (frame.with_columns(out) if out else frame), per_row
+    return (frame.with_columns(out) if out else frame), per_row.alias("formulas")

@@ -9,7 +9,15 @@ from pathlib import Path
 
 from src.data.formats import OutputFormat, input_format, output_format
 from src.data.frame import RunState, clean_frame, neutralise_formulas
-from src.data.io import check_input_file, iter_csv, iter_jsonl, iter_parquet
+from src.data.io import (
+    SNIFF_BYTES,
+    check_input_file,
+    iter_csv,
+    iter_jsonl,
+    iter_parquet,
+    parquet_columns,
+    parse_header,
+)
 from src.data.options import CleaningOptions
 from src.data.report import CleaningReport, ColumnReport
 from src.data.writer import AtomicWriter
@@ -105,10 +113,7 @@ def build_report(
 def _header_only_columns(source: Path, options: CleaningOptions, meta: dict[str, str]) -> list[str]:
     """Columns of an input that has a header and no row."""
     if input_format(source) == "parquet":
-        import pyarrow.parquet as pq
-
-        return pq.ParquetFile(source).schema_arrow.names
-    from src.data.io import SNIFF_BYTES, parse_header
+        return parquet_columns(source)
 
     with source.open("rb") as fh:
         return parse_header(fh.read(SNIFF_BYTES), meta.get("encoding", "utf-8"))

@@ -8,18 +8,23 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import BinaryIO
 
 import polars as pl
 
 from src.data.formats import OutputFormat
+
+# Parquet chunks are gathered to about this size before they go to a part file.
+PARQUET_PART_BYTES = 16 << 20
 
 
 class AtomicWriter:
     """Writes chunks to a hidden temporary file renamed into place on success only.
 
     A failed or cancelled run leaves nothing behind: readers never see a
-    half-written result.
+    half-written result. Polars has no incremental Parquet writer, so Parquet
+    chunks go to hidden part files that one streaming `sink_parquet` joins at
+    `commit`; memory stays bounded by a part, whatever the output's size.
     """
 
     def __init__(
@@ -34,17 +39,20 @@ class AtomicWriter:
         os.close(fd)
         self.tmp = Path(tmp)
         self._fh: BinaryIO | None = None
-        self._parquet: Any = None  # a pyarrow.parquet.ParquetWriter
+        self._schema: pl.Schema | None = None  # Parquet: the first chunk's, kept by all
+        self._pending: list[pl.DataFrame] = []
+        self._pending_bytes = 0
+        self._parts: list[Path] = []
         self._columns: list[str] | None = None
 
     def write(self, frame: pl.DataFrame) -> None:
         if self.fmt == "parquet":
-            import pyarrow.parquet as pq
-
-            table = frame.to_arrow()
-            if self._parquet is None:
-                self._parquet = pq.ParquetWriter(self.tmp, table.schema)
-            self._parquet.write_table(table.cast(self._parquet.schema))
+            if self._schema is None:
+                self._schema = frame.schema
+            self._pending.append(frame.cast(self._schema))
+            self._pending_bytes += int(frame.estimated_size())
+            if self._pending_bytes >= PARQUET_PART_BYTES:
+                self._flush_part()
         else:
             if self._fh is None:
                 self._fh = self.tmp.open("wb")
@@ -52,6 +60,17 @@ class AtomicWriter:
             else:
                 frame.write_csv(self._fh, include_header=False)
         self._columns = frame.columns
+
+    def _flush_part(self) -> None:
+        """The pending Parquet chunks into one more hidden part file."""
+        fd, name = tempfile.mkstemp(
+            prefix=f"{self.tmp.name}.", suffix=".part", dir=self.path.parent
+        )
+        os.close(fd)
+        part = Path(name)
+        self._parts.append(part)
+        pl.concat(self._pending, rechunk=False).write_parquet(part, compression="uncompressed")
+        self._pending, self._pending_bytes = [], 0
 
     def _csv_file(self) -> BinaryIO:
         if self.fmt != "csv" or (self._fh is None and self.header):
@@ -87,8 +106,11 @@ class AtomicWriter:
         """Finish the file (a header-only one if no row came) and move it into place."""
         if self._columns is None:
             self.write(pl.DataFrame({c: pl.Series(c, [], dtype=pl.String) for c in columns}))
-        if self._parquet is not None:
-            self._parquet.close()
+        try:
+            if self.fmt == "parquet":
+                self._write_parquet()
+        finally:
+            self._remove_parts()
         if self._fh is not None:
             self._fh.flush()
             if self.durable:
@@ -97,11 +119,27 @@ class AtomicWriter:
         self.tmp.chmod(0o644)
         os.replace(self.tmp, self.path)
 
+    def _write_parquet(self) -> None:
+        if self._pending and not self._parts:  # one part's worth: no round trip
+            pl.concat(self._pending, rechunk=False).write_parquet(self.tmp)
+        else:
+            if self._pending:
+                self._flush_part()
+            pl.scan_parquet(self._parts).sink_parquet(self.tmp)
+        self._pending = []
+        if self.durable:
+            with self.tmp.open("rb") as fh:
+                os.fsync(fh.fileno())
+
+    def _remove_parts(self) -> None:
+        for part in self._parts:
+            part.unlink(missing_ok=True)
+        self._parts = []
+
     def abort(self) -> None:
-        with contextlib.suppress(Exception):
-            if self._parquet is not None:
-                self._parquet.close()
         with contextlib.suppress(Exception):
             if self._fh is not None:
                 self._fh.close()
+        self._pending = []
+        self._remove_parts()
         self.tmp.unlink(missing_ok=True)
