@@ -13,12 +13,15 @@ Three runs of the same job, each on freshly started workers:
 2. one worker, the job split (default SPLIT_ABOVE_MB and PART_MB, or the flags');
 3. two workers, the same split.
 
-Each setting runs ``--repeats`` times (default 2), interleaved, and its fastest
-run counts: this machine's speed drifts by tens of percent from minute to minute.
-Job time is the job's own ``finished_at - created_at``. Peak RSS is each pool
-process's high-water mark (VmHWM) at the end of a run. The three results must
-be byte-identical. The last line, ``speedup_2_workers``, divides the faster
-one-worker time (1 or 2) by the two-worker time: target ≥ 1.6 on 2 cores.
+Each setting runs ``--repeats`` times (default 3), interleaved so that drift in this
+machine's speed hits all three, and every figure is the **median** of its runs (not
+the fastest: one lucky run must not make the case). Job time is the job's own
+``finished_at - created_at``; the merge is the time from the merge's last claim to the
+job's end (what is left to merge once the last part is done). Peak RSS is each pool
+process's high-water mark (VmHWM) at the end of a run. All results must be
+byte-identical (sha256). The load average before and after is printed: the
+figures mean little on a busy machine. The last line, ``speedup_2_workers``, divides
+the faster one-worker median (1 or 2) by the two-worker median: target ≥ 1.7 on 2 cores.
 
     uv run python benchmarks/bench_scale.py [--rows 1000000]
 """
@@ -30,6 +33,8 @@ import contextlib
 import csv
 import hashlib
 import io
+import os
+import statistics
 import sys
 import tempfile
 import time
@@ -122,6 +127,16 @@ def run_job(stack: Stack, client: httpx.Client, workers: int, name: str, **env: 
     }
 
 
+def medians(runs: list[dict]) -> dict:
+    """Each figure's median over the runs of one setting."""
+    figures = ("seconds", "rss", "merge")
+    return {**runs[0], **{k: statistics.median(r[k] for r in runs) for k in figures}}
+
+
+def load_avg() -> str:
+    return " ".join(f"{x:.2f}" for x in os.getloadavg())
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=1_000_000, help="rows in the input")
@@ -131,7 +146,7 @@ def main() -> int:
     )
     parser.add_argument("--part-mb", type=float, default=defaults.part_mb, help="PART_MB")
     parser.add_argument(
-        "--repeats", type=int, default=2, help="runs of each setting (the fastest counts)"
+        "--repeats", type=int, default=3, help="runs of each setting (the median counts)"
     )
     parser.add_argument(
         "--workdir", type=Path, help="keep the stack's files and logs here (default: a temp dir)"
@@ -152,6 +167,7 @@ def main() -> int:
         print(f"input_mb={size / 2**20:.0f}")
         print(f"split_above_mb={args.split_above_mb:g}")
         print(f"part_mb={args.part_mb:g}")
+        load_before = load_avg()
         api, base = stack.start_api()
         try:
             with httpx.Client(base_url=base, timeout=120) as client:
@@ -161,14 +177,18 @@ def main() -> int:
                     runs["whole"].append(run_job(stack, client, 1, "whole", SPLIT_ABOVE_MB=never))
                     runs["split-one"].append(run_job(stack, client, 1, "split-one", **split))
                     runs["split-two"].append(run_job(stack, client, 2, "split-two", **split))
-                one, split1, split2 = (min(runs[name], key=lambda r: r["seconds"]) for name in runs)
+                one, split1, split2 = (medians(runs[name]) for name in runs)
                 digests = {r["sha256"] for rs in runs.values() for r in rs}
         finally:
             stop(api)
     assert one["rows"] == split1["rows"] == split2["rows"] == args.rows
     identical = len(digests) == 1
     print(f"repeats={args.repeats}")
+    print(f"load_before={load_before}")
+    print(f"load_after={load_avg()}")
     print(f"parts={split2['parts']}")
+    for name, rs in runs.items():
+        print(f"runs_{name.replace('-', '_')}=" + " ".join(f"{r['seconds']:.1f}" for r in rs))
     print(f"seconds_1_worker_whole={one['seconds']:.1f}")
     print(f"seconds_1_worker_split={split1['seconds']:.1f}")
     print(f"seconds_2_workers_split={split2['seconds']:.1f}")

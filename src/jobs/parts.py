@@ -1,7 +1,9 @@
 """Split jobs: a large CSV planned into byte ranges, each part cleaned by any worker.
 
 Each part is claimed, heartbeaten and capped like a job, so a killed worker costs
-one part. The last part to succeed queues the merge (`src.jobs.merge`).
+one part. A finished part advances the merge (`src.jobs.merge`): its worker appends the
+finished parts next in order, or, where parts cannot be appended as they come, the last
+part to succeed queues one merge.
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ def plan(ctx: JobContext, doc: JobDoc) -> Ranges | None:
     size = ctx.files.size(rel) or 0
     if size <= ctx.settings.split_above_bytes:
         return None
+    started = time.perf_counter()
     try:
         with ctx.files.fetch(rel) as local:
             found = split.plan_parts(local, ctx.settings.part_bytes)
@@ -51,6 +54,7 @@ def plan(ctx: JobContext, doc: JobDoc) -> Ranges | None:
     if found is None or len(found.ranges) < 2:
         log.info("job %s: not split (no safe record boundaries); running it whole", doc["_id"])
         return None
+    log.info("job %s: planned in %.2f s", doc["_id"], time.perf_counter() - started)
     return found.ranges
 
 
@@ -193,10 +197,12 @@ def run_part(ctx: JobContext, part: str) -> Outcome:
     )
     if done is None:
         return Outcome.GONE
-    store.add_split_progress(job_id, result.rows - counted[0], size - counted[1], parts_done=1)
+    job_now = store.add_split_progress(
+        job_id, result.rows - counted[0], size - counted[1], parts_done=1
+    )
     notify(ctx.events.changed, job_id)
     log.info("job %s: %s done, %s rows", job_id, label, result.rows)
-    _merge_if_complete(ctx, job_id)
+    _merge_ready(ctx, job_id, job_now, claimed["index"])
     return Outcome.DONE
 
 
@@ -220,14 +226,23 @@ def _part_not_claimed(ctx: JobContext, before: PartDoc, stale_before: float) -> 
     if doc is not None and doc["status"] == JobStatus.RUNNING:
         return Outcome.BUSY
     if doc is not None and doc["status"] == JobStatus.SUCCEEDED:
-        # Its worker may have died before queueing the merge: queueing it twice is harmless.
-        _merge_if_complete(ctx, job_id)
+        # Its worker may have died before merging it: merging again is harmless.
+        _merge_ready(ctx, job_id)
     return Outcome.GONE
 
 
-def _merge_if_complete(ctx: JobContext, job_id: str) -> None:
-    job = ctx.store.get(job_id)
+def _merge_ready(
+    ctx: JobContext, job_id: str, job: JobDoc | None = None, done: int | None = None
+) -> None:
+    """After a part is done: merge what is ready in order, here (files on a shared
+    folder), or queue the merge once every part is done (`src.jobs.merge`)."""
+    from src.jobs import merge  # it needs this module's helpers
+
+    job = job or ctx.store.get(job_id)
     if job is None or job["status"] != JobStatus.RUNNING:
         return
-    if ctx.store.parts_succeeded(job_id) == job.get("parts_total"):
+    if merge.incremental(ctx, job):
+        if merge.next_part_ready(ctx, job, done):
+            merge.advance(ctx, job_id)  # BUSY: the merger holding it looks again after
+    elif ctx.store.parts_succeeded(job_id) == job.get("parts_total"):
         _senders(ctx).merge(job_id)

@@ -64,6 +64,8 @@ class JobDoc(Claimable, total=False):
     merge_ts: float  # the merger's heartbeat; 0 until a merge is claimed
     merge_started_ts: float
     merge_deadline_ts: float  # absent until a merge is claimed
+    merged_parts: int  # parts appended in order so far (local results: merged as parts end)
+    merged_bytes: int  # the merged file's length after them
     # MLflow tracking (absent while MLFLOW_TRACKING_URI is unset): see src.jobs.tracking
     mlflow_status: str  # a TrackingStatus value
     mlflow_attempts: int

@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import csv
 import io
+import itertools
+import random
 from pathlib import Path
 
 import polars as pl
 import pytest
 
+from src.data import split
+from src.data.frame import RunState
 from src.data.io import SNIFF_BYTES, csv_head
 from src.data.options import CleaningOptions
 from src.data.pipeline import clean_file
@@ -154,3 +158,121 @@ def test_windows_encoded_input(tmp_path: Path) -> None:
     )
     merged = split_and_merge(source, tmp_path, CleaningOptions(), 1).decode("utf-8")
     assert "0,Café crème,Déjà vu,1,2\n1,Noël,été,3,4\n" in merged
+
+
+def reference_plan(data: bytes, part_bytes: int) -> list[tuple[int, int]] | None:
+    """plan_parts, byte by byte: the definition the block scan must agree with."""
+    start = 3 if data.startswith(b"\xef\xbb\xbf") else 0
+    quotes, cuts, target = 0, [], 0
+    for i in range(start, len(data)):
+        c = data[i : i + 1]
+        if c == b'"':
+            before = data[i - 1 : i] if i > start else b""
+            after = data[i + 1 : i + 2]
+            edges = (b"", b",", b"\r", b"\n", b'"')
+            if (before if quotes % 2 == 0 else after) not in edges:
+                return None
+            quotes += 1
+        elif c == b"\n" and quotes % 2 == 0 and i >= target:
+            cuts.append(i + 1)
+            target = i + 1 + part_bytes
+    if quotes % 2 or not cuts:
+        return None
+    bounds = [c for c in cuts if c < len(data)] + [len(data)]
+    ranges = [(s, e) for s, e in itertools.pairwise(bounds) if e > s]
+    return ranges or None
+
+
+@pytest.mark.parametrize("dense_quotes", [0, 64, 10**9], ids=["loop", "auto", "split"])
+def test_block_scan_agrees_with_the_byte_by_byte_definition(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, dense_quotes: int
+) -> None:
+    """Random CSV-ish bytes, well and badly quoted, scanned in 7-byte blocks (so quotes,
+    doubled quotes and CRLFs straddle block edges) by both scan paths."""
+    monkeypatch.setattr(split, "SCAN_BYTES", 7)
+    monkeypatch.setattr(split, "DENSE_QUOTES", dense_quotes)
+    rng = random.Random(15)
+    source = tmp_path / "fuzz.csv"
+    cut = 0
+    for case in range(1500):
+        if case % 2:
+            rows = []
+            for _ in range(rng.randint(1, 6)):
+                values = [
+                    "".join(rng.choice('a,\n" \r') for _ in range(rng.randint(0, 5)))
+                    for _ in range(3)
+                ]
+                rows.append(",".join(f'"{v.replace(chr(34), 2 * chr(34))}"' for v in values))
+            body = "\n".join(rows).encode()
+        else:
+            body = b"".join(
+                rng.choice([b"a", b",", b'"', b"\n", b"\r", b'""', b"x y"])
+                for _ in range(rng.randint(0, 40))
+            )
+        data = (b"\xef\xbb\xbf" if case % 10 == 0 else b"") + b"h1,h2,h3\n" + body
+        source.write_bytes(data)
+        part_bytes = rng.randint(1, 20)
+        plan = plan_parts(source, part_bytes)
+        expected = reference_plan(data, part_bytes)
+        assert (plan.ranges if plan else None) == expected, (data, part_bytes)
+        cut += expected is not None
+    assert cut > 500  # most well-quoted cases are cut, not all refused
+
+
+def test_values_with_newlines_deduplicated_across_parts(tmp_path: Path) -> None:
+    """Rows holding newlines (CSV lines of several text lines) dropped as duplicates:
+    the merge finds each row's bytes by its quotes, not by its newlines."""
+    source = tmp_path / "lines.csv"
+    rows = [f'{i},"two\nlines {i % 4}","a ""q"", and\r\nmore",{i % 4},1\n' for i in range(60)]
+    source.write_text(HEADER + "".join(rows), encoding="utf-8")
+    merged = split_and_merge(
+        source, tmp_path, CleaningOptions(drop_duplicates=True, min_length=0), 200
+    )
+    assert merged.count(b"two\nlines") < 60
+
+
+def test_merging_part_by_part_from_rebuilt_state_equals_one_merge(
+    sample_path: Path, tmp_path: Path
+) -> None:
+    """What a split job whose merger changes hands does: parts appended one step at a
+    time at recorded offsets, the duplicate state rebuilt from the keys files of the
+    parts already merged, and a half-written tail left by a dead merger overwritten."""
+    lines = sample_path.read_text(encoding="utf-8").splitlines(keepends=True)
+    source = tmp_path / "twice.csv"
+    source.write_text(lines[0] + "".join(lines[1:]) * 2, encoding="utf-8")
+    options = CleaningOptions(drop_duplicates=True)
+    plan = plan_parts(source, 40_000)
+    assert plan is not None and len(plan.ranges) >= 4
+    header, encoding = csv_head(source.read_bytes()[:SNIFF_BYTES], options)
+    parts = []
+    for i, (start, end) in enumerate(plan.ranges):
+        rows, keys = tmp_path / f"{i}.csv", tmp_path / f"{i}.keys.parquet"
+        clean_part(source, start, end, header, encoding, options, "csv", rows, keys)
+        parts.append((rows, keys))
+    expected = tmp_path / "single.csv"
+    report = clean_file(source, expected, options)
+
+    target = tmp_path / "merged.csv"
+    line = io.BytesIO()
+    split.empty_frame(header).write_csv(line)
+    offset = len(line.getvalue())
+    target.write_bytes(line.getvalue())
+    for step, (rows, keys) in enumerate(parts):
+        state = RunState()  # a new merger each step: its state rebuilt from the keys
+        for _, earlier in parts[:step]:
+            split.judge_part(earlier, state, ids=False)
+        with target.open("r+b") as fh:
+            fh.seek(0, 2)
+            fh.write(b"half a part from a merger that died\n")  # beyond the recorded offset
+            fh.flush()
+            runs = split.judge_part(keys, state, rows, ids=False)
+            offset = split.append_part(fh.fileno(), offset, rows, runs)
+            fh.truncate(offset)
+    assert target.read_bytes() == expected.read_bytes()
+    # Repeated ids, counted over all parts at the end, as one run counts them.
+    split.count_duplicate_ids([keys for _, keys in parts], state)
+    assert report.duplicate_ids > 0
+    assert state.duplicate_ids == report.duplicate_ids
+    assert state.duplicate_id_examples == report.duplicate_id_examples
+    assert state.duplicate_rows_dropped == report.duplicate_rows_dropped
+    assert state.rows_out == report.rows_out
