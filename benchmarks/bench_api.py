@@ -10,13 +10,9 @@ one uvicorn API process). What it measures:
    The server-side split (created → started → finished, from the job's own
    timestamps) is printed too, to tell queueing/pickup from running.
 2. ``GET /jobs/{id}`` requests/s (a succeeded 10-row job, with its report) from
-   one sequential keep-alive client, against ``find_one``/s of the same document
-   from one synchronous PyMongo client (same count, in alternating blocks):
-   ``get_job_vs_find_one`` compares like with like, one caller each, one request
-   in flight at a time. To explain it: ``GET /health`` (the HTTP floor: same
-   client and server, no store), the ratio GET would reach if it cost exactly
-   one HTTP floor plus one find_one (``get_job_vs_find_one_ceiling``), and the
-   same GET from 4 concurrent clients.
+   one sequential keep-alive client, alternating in blocks with ``GET /health`` (the
+   HTTP floor: same client and server, no store), and the same GET from 4 concurrent
+   clients. (Under 50 concurrent pollers: ``benchmarks/load.py --mode submit``.)
 3. Jobs/s through one worker process for 10-row jobs (the first 10 rows of the
    real sample): ``--jobs`` submissions, then waiting until all succeeded;
    for a worker with ``-c 2`` (the machine's 2 cores) and with ``-c 1``, each
@@ -50,7 +46,6 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 import httpx  # noqa: E402
-from pymongo import MongoClient  # noqa: E402
 
 from tests.support.services import Stack, running_stack, stop  # noqa: E402
 
@@ -189,20 +184,12 @@ def _timed_loop(call: Callable[[], object], limit: int, seconds: float) -> tuple
     return n, time.perf_counter() - t0
 
 
-def bench_get(
-    base: str, mongo_url: str, job_id: str, limit: int, seconds: float, clients: int
-) -> dict[str, float]:
+def bench_get(base: str, job_id: str, limit: int, seconds: float, clients: int) -> dict[str, float]:
     out: dict[str, float] = {}
     path = f"/jobs/{job_id}"
-    # The API's client is an AsyncMongoClient; a synchronous MongoClient is the cheapest way
-    # to ask the same store for the same document. Both callers are sequential (one request
-    # in flight), and the two loops alternate in blocks, so that a change in the load of
-    # the machine during the run hits both sides of the ratio alike.
-    with (
-        httpx.Client(base_url=base, timeout=30) as client,
-        MongoClient(mongo_url, tz_aware=True) as mongo,
-    ):
-        jobs = mongo[DB]["jobs"]
+    # Both loops are sequential (one request in flight) and alternate in blocks, so that
+    # a change in the load of the machine during the run hits both alike.
+    with httpx.Client(base_url=base, timeout=30) as client:
 
         def get() -> None:
             r = client.get(path)
@@ -212,31 +199,19 @@ def bench_get(
         def health() -> None:
             client.get("/health").raise_for_status()
 
-        def find() -> None:
-            if jobs.find_one({"_id": job_id}) is None:
-                raise RuntimeError(f"job {job_id} not in the store")
-
-        for call in (get, health, find):
+        for call in (get, health):
             _timed_loop(call, 100, 5)  # warm-up
         block = max(1, limit // 10)
-        n_get = n_find = n_health = 0
-        t_get = t_find = t_health = 0.0
+        n_get = n_health = 0
+        t_get = t_health = 0.0
         while n_get < limit and t_get < seconds:
             n, dt = _timed_loop(get, min(block, limit - n_get), seconds - t_get)
             n_get, t_get = n_get + n, t_get + dt
-            m, dt = _timed_loop(find, n, 4 * seconds)
-            n_find, t_find = n_find + m, t_find + dt
             m, dt = _timed_loop(health, n, 4 * seconds)
             n_health, t_health = n_health + m, t_health + dt
     out["get_job_rps"] = n_get / t_get
     # The HTTP floor: same client, server and middleware; no dependency, no store.
     out["get_health_rps"] = n_health / t_health
-    out["store_find_one_per_s"] = n_find / t_find
-    # What GET could reach if it cost exactly one HTTP floor plus one find_one (its parts).
-    floor, find_s = 1 / out["get_health_rps"], 1 / out["store_find_one_per_s"]
-    out["get_job_vs_find_one_ceiling"] = find_s / (floor + find_s)
-    # Like with like: one sequential caller each, one request in flight at a time.
-    ratio = out["get_job_rps"] / out["store_find_one_per_s"]
 
     # Several clients at once: the API serves requests concurrently (one event loop).
     counts = [0] * clients
@@ -269,7 +244,6 @@ def bench_get(
     if errors:
         raise errors[0]
     out[f"get_job_rps_{clients}_clients"] = sum(counts) / dt
-    out["get_job_vs_find_one"] = ratio
     return out
 
 
@@ -350,7 +324,7 @@ def run(args: argparse.Namespace, workdir: Path) -> None:
                 ref_id = submit(client, ten, "ten.csv")
                 wait_succeeded(client, ref_id)  # a finished job with its report: a real GET
             for name, value in bench_get(
-                base, stack.store.url, ref_id, args.gets, args.get_seconds, args.clients
+                base, ref_id, args.gets, args.get_seconds, args.clients
             ).items():
                 emit(name, value)
 
