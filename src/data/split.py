@@ -34,7 +34,7 @@ from src.data.io import iter_csv_range
 from src.data.options import CleaningOptions
 from src.data.report import CleaningReport
 from src.data.text import ColumnCounts
-from src.data.writer import AtomicWriter
+from src.data.writer import AtomicWriter, copy_into
 
 SCAN_BYTES = 8 << 20
 BOM = b"\xef\xbb\xbf"
@@ -420,20 +420,7 @@ def append_part(fd: int, offset: int, rows: Path, runs: list[tuple[int, int]] | 
     with rows.open("rb") as fh:
         if runs is None:
             size = os.fstat(fh.fileno()).st_size
-            done = 0
-            try:
-                while done < size:
-                    n = os.copy_file_range(fh.fileno(), fd, size - done, done, offset + done)
-                    if n == 0:
-                        break
-                    done += n
-            except OSError:  # another file system, an old kernel: copy through userspace
-                pass
-            while done < size:
-                chunk = os.pread(fh.fileno(), min(size - done, 1 << 20), done)
-                if not chunk:
-                    raise RuntimeError(f"part {rows.name} shrank while it was merged")
-                done += os.pwrite(fd, chunk, offset + done)
+            copy_into(fh.fileno(), fd, size, offset)
             return offset + size
         data = memoryview(fh.read())  # one part: bounded by PART_MB
     for first, stop in runs:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import shutil
 import tempfile
 from pathlib import Path
 from typing import BinaryIO
@@ -87,20 +86,11 @@ class AtomicWriter:
         """`write_csv_bytes` of a whole file, copied by the kernel where it can."""
         out = self._csv_file()
         out.flush()
+        start = out.tell()
         with source.open("rb") as fh:
             size = os.fstat(fh.fileno()).st_size
-            done = 0
-            try:
-                while done < size:
-                    n = os.copy_file_range(fh.fileno(), out.fileno(), size - done)
-                    if n == 0:
-                        break
-                    done += n
-            except OSError:  # another file system, an old kernel: copy through userspace
-                pass
-            if done < size:
-                fh.seek(done)
-                shutil.copyfileobj(fh, out, 1 << 20)
+            copy_into(fh.fileno(), out.fileno(), size, start)
+        out.seek(start + size)
 
     def commit(self, columns: list[str]) -> None:
         """Finish the file (a header-only one if no row came) and move it into place."""
@@ -143,3 +133,21 @@ class AtomicWriter:
         self._pending = []
         self._remove_parts()
         self.tmp.unlink(missing_ok=True)
+
+
+def copy_into(source: int, target: int, size: int, offset: int) -> None:
+    """Bytes [0, size) of file `source` into file `target` at `offset`, by the kernel where
+    it can. Positional: neither file's own position moves, so a writer that lost its claim
+    on a file and still writes puts the same bytes at the same place."""
+    done = 0
+    with contextlib.suppress(OSError):  # another file system, an old kernel: via userspace
+        while done < size:
+            n = os.copy_file_range(source, target, size - done, done, offset + done)
+            if n == 0:
+                break
+            done += n
+    while done < size:
+        chunk = os.pread(source, min(size - done, 1 << 20), done)
+        if not chunk:
+            raise RuntimeError("a file shrank while it was copied")
+        done += os.pwrite(target, chunk, offset + done)
