@@ -44,6 +44,7 @@ class JobDoc(Claimable, total=False):
     created_at: datetime
     input: Required[str]  # storage key of the input
     input_name: Required[str]  # the file name the user gave
+    input_sha256: str  # an upload's, hashed as it streamed in (absent for a `source`)
     owns_input: bool  # an upload (removed with the job), not a `source` of theirs
     options: Required[dict[str, Any]]  # CleaningOptions as JSON
     output_format: Required[OutputFormat]
@@ -102,6 +103,7 @@ def new_job_doc(
     owns_input: bool = True,
     owner: str | None = None,
     owner_hash: str | None = None,
+    input_sha256: str | None = None,
 ) -> JobDoc:
     """The stored document of a new queued job."""
     now = time.time()
@@ -130,6 +132,8 @@ def new_job_doc(
         doc["request_hash"] = request_hash
     if callback_url is not None:
         doc["callback_url"] = callback_url
+    if input_sha256 is not None:
+        doc["input_sha256"] = input_sha256
     return doc
 
 

@@ -167,6 +167,12 @@ class Submission:
         )
         return hashlib.sha256(canonical.encode()).hexdigest()
 
+    @property
+    def upload_sha256(self) -> str | None:
+        """The uploaded file's sha256 (None for a `source`): kept on the job, so that
+        MLflow's lineage need not read the input again to hash it."""
+        return None if self.content_digest.startswith("source:") else self.content_digest
+
 
 async def _replay(store: AsyncJobStore, key: str, digest: str) -> JobDoc | None:
     """The job an earlier request with this Idempotency-Key created, if any."""
@@ -211,6 +217,7 @@ async def submit(
             callback_url=sub.callback_url,
             owner=sub.owner,
             owner_hash=sub.owner_hash,
+            input_sha256=sub.upload_sha256,
         )
         try:
             await store.insert(doc)

@@ -240,30 +240,40 @@ def lineage(files: Storage, doc: JobDoc, report: CleaningReport | None) -> Itera
     # MLflow keeps one dataset per (experiment, name, digest), with the source it was first
     # logged with: the job in the name keeps each job's own location (files expire).
     job = f"(job {doc['_id']})"
-    found = [(doc["input"], f"{doc['input_name']} {job}", "input", rows_in)]
+    found = [
+        (doc["input"], f"{doc['input_name']} {job}", "input", rows_in, doc.get("input_sha256"))
+    ]
     result = doc.get("result")
     if doc["status"] == JobStatus.SUCCEEDED and result:
         name = f"{PurePosixPath(doc['input_name']).stem}.cleaned.{doc['output_format']} {job}"
-        found.append((result, name, "output", rows_out))
-    for key, name, context, rows in found:
+        found.append((result, name, "output", rows_out, None))
+    for key, name, context, rows, sha256 in found:
         try:
-            yield _dataset(files, key, name, context, rows)
+            yield _dataset(files, key, name, context, rows, sha256)
         except FileNotFoundError:  # a `source` its owner removed since: nothing to trace
             log.warning("job %s: %s %s is gone; not in the run's lineage", doc["_id"], context, key)
 
 
-def _dataset(files: Storage, key: str, name: str, context: str, rows: int | None) -> Dataset:
-    digest, size = hashlib.sha256(), 0
-    for block in files.iter_bytes(key):
-        digest.update(block)
-        size += len(block)
+def _dataset(
+    files: Storage, key: str, name: str, context: str, rows: int | None, sha256: str | None
+) -> Dataset:
+    """`sha256`: the file's, when known (an upload's, hashed as it came in); else read."""
+    size = files.size(key)
+    if size is None:
+        raise FileNotFoundError(key)
+    if sha256 is None:
+        digest, size = hashlib.sha256(), 0
+        for block in files.iter_bytes(key):
+            digest.update(block)
+            size += len(block)
+        sha256 = digest.hexdigest()
     uri = files.uri(key)
-    profile: dict[str, Any] = {"sha256": digest.hexdigest(), "bytes": size}
+    profile: dict[str, Any] = {"sha256": sha256, "bytes": size}
     if rows is not None:
         profile["rows"] = rows
     return Dataset(
         name=name[:500],
-        digest=digest.hexdigest()[:DIGEST_CHARS],
+        digest=sha256[:DIGEST_CHARS],
         source_type="s3" if uri.startswith("s3://") else "local",
         source=json.dumps({"uri": uri}),
         context=context,

@@ -6,10 +6,14 @@ The calls to MLflow itself are proven against a real server (tests/integration/t
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
+import json
+from collections.abc import Iterator
 from pathlib import Path
 
 from src.core.mlflow_rest import Dataset
+from src.core.storage import LocalStorage
 from src.data import sample
 from src.data.options import CleaningOptions
 from src.data.pipeline import clean_file
@@ -69,6 +73,37 @@ def test_a_dataset_is_what_log_inputs_expects() -> None:
     found = Dataset("x.csv", "ab" * 16, "local", '{"uri": "/d/x.csv"}', "input", "{}").as_json()
     assert found["tags"] == [{"key": "mlflow.data.context", "value": "input"}]
     assert found["dataset"]["digest"] == "ab" * 16 and len(found["dataset"]["digest"]) <= 36
+
+
+class CountingStorage(LocalStorage):
+    """A data folder that counts the files read through it."""
+
+    def __init__(self, root: Path) -> None:
+        super().__init__(root)
+        self.read: list[str] = []
+
+    def iter_bytes(self, rel: str, chunk: int = 1 << 20) -> Iterator[bytes]:
+        self.read.append(rel)
+        return super().iter_bytes(rel, chunk)
+
+
+def test_lineage_hashes_an_upload_once_the_result_as_written(tmp_path: Path) -> None:
+    """An upload's sha256, taken as it streamed in, is the job's: the input is not read
+    again for it; a `source` (no such field) and the result are hashed from their bytes."""
+    files = CountingStorage(tmp_path)
+    for rel, data in {"in/rakuten.csv": b"a,b\n1,2\n", "out/result.csv": b"a,b\n"}.items():
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_bytes(data)
+    upload = hashlib.sha256(b"a,b\n1,2\n").hexdigest()
+    doc = finished_doc(JobStatus.SUCCEEDED, result="out/result.csv", input_sha256=upload)
+    found = {d.context: json.loads(d.profile) for d in tracking.lineage(files, doc, None)}
+    assert found["input"] == {"sha256": upload, "bytes": 8}
+    assert found["output"] == {"sha256": hashlib.sha256(b"a,b\n").hexdigest(), "bytes": 4}
+    assert files.read == ["out/result.csv"]
+    del doc["input_sha256"]  # a `source` job
+    found = {d.context: json.loads(d.profile) for d in tracking.lineage(files, doc, None)}
+    assert found["input"] == {"sha256": upload, "bytes": 8}
+    assert files.read == ["out/result.csv", "in/rakuten.csv", "out/result.csv"]
 
 
 def test_sample_shows_changed_values_before_and_after(sample_path: Path) -> None:
