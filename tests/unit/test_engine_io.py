@@ -16,7 +16,7 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from src.data import io as data_io
+from src.data import csv_blocks
 from src.data.frame import SeenHashes, neutralise_rows
 from src.data.io import InputError, iter_csv, iter_csv_range, iter_jsonl
 from src.data.options import CleaningOptions
@@ -56,7 +56,7 @@ def test_csv_blocks_read_like_the_csv_module(
     tmp_path: Path, block: int, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Quoted commas, quotes and line ends inside values, CRLF; whatever the block size."""
-    monkeypatch.setattr(data_io, "BLOCK_BYTES", block)
+    monkeypatch.setattr(csv_blocks, "BLOCK_BYTES", block)
     text = random_csv(random.Random(block), 400)
     source = tmp_path / "in.csv"
     source.write_text(text, encoding="utf-8")
