@@ -23,7 +23,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from src.data import split
+from src.data import part_merge, split
 from src.data.frame import RunState
 from src.data.options import CleaningOptions
 from src.data.report import CleaningReport
@@ -93,7 +93,7 @@ def run_merge(ctx: JobContext, job_id: str) -> Outcome:
             for p in parts
         ]
         with files.publish(result_rel) as target:
-            report = split.merge_parts(
+            report = part_merge.merge_parts(
                 fetched(),
                 results,
                 target,
@@ -195,7 +195,7 @@ def _step(ctx: JobContext, claimed: JobDoc) -> Outcome | None:
         if judged > merged:
             judged, state = 0, RunState()
         for index in range(judged, merged):  # what other processes merged
-            split.judge_part(_keys(ctx, job_id, index), state, ids=False)
+            part_merge.judge_part(_keys(ctx, job_id, index), state, ids=False)
         if merged == total and not partial.exists():
             return _finish(ctx, claimed, state, result, result_rel, offset)
         partial.parent.mkdir(parents=True, exist_ok=True)
@@ -207,7 +207,7 @@ def _step(ctx: JobContext, claimed: JobDoc) -> Outcome | None:
             if offset == 0:
                 header, _ = read_header(ctx, claimed["input"], options)
                 line = io.BytesIO()
-                split.empty_frame(header).write_csv(line)  # as a single run writes it
+                part_merge.empty_frame(header).write_csv(line)  # as a single run writes it
                 offset = os.pwrite(fd, line.getvalue(), 0)
             written = offset
             # Parts done as of now, in order; one finishing meanwhile sees the claim held
@@ -217,9 +217,9 @@ def _step(ctx: JobContext, claimed: JobDoc) -> Outcome | None:
                 rows_rel, keys_rel = layout.part_relpaths(job_id, merged, "csv")
                 assert keys_rel is not None
                 with files.fetch(rows_rel) as rows, files.fetch(keys_rel) as keys:
-                    split.check_part_size(rows, part.get("rows_bytes", 0), merged)
-                    runs = split.judge_part(keys, state, rows, ids=False)
-                    offset = split.append_part(fd, offset, rows, runs)
+                    part_merge.check_part_size(rows, part.get("rows_bytes", 0), merged)
+                    runs = part_merge.judge_part(keys, state, rows, ids=False)
+                    offset = part_merge.append_part(fd, offset, rows, runs)
                 merged += 1
                 current = store.update_where(
                     rules.owned(job_id, worker), merged_parts=merged, merged_bytes=offset
@@ -291,11 +291,11 @@ def _finish(
     options = CleaningOptions.model_validate(job["options"])
     _, encoding = read_header(ctx, job["input"], options)
     parts = ctx.store.job_parts(job["_id"])
-    split.count_duplicate_ids([_keys(ctx, job["_id"], p["index"]) for p in parts], state)
-    split.add_part_counts(
+    part_merge.count_duplicate_ids([_keys(ctx, job["_id"], p["index"]) for p in parts], state)
+    part_merge.add_part_counts(
         state, (split.PartResult(p.get("rows_done", 0), p.get("counts") or {}) for p in parts)
     )
-    report = split.report(
+    report = part_merge.report(
         state,
         options,
         0.0,

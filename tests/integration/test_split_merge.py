@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from src.core.storage import open_storage
-from src.data import split
+from src.data import part_merge
 from src.data.options import CleaningOptions
 from src.data.pipeline import clean_file
 from src.jobs import layout, merge
@@ -155,16 +155,16 @@ def test_a_merger_killed_mid_part_is_taken_over(
         run_part(worker(ctx, 1), parts[index])
     assert merged_parts(ctx, job_id) == len(parts) - 1
 
-    append = split.append_part
+    append = part_merge.append_part
 
     def dies_half_way(fd: int, offset: int, rows: Path, runs: object) -> int:
         os.pwrite(fd, rows.read_bytes()[:1000], offset)
         raise Killed
 
-    monkeypatch.setattr(split, "append_part", dies_half_way)
+    monkeypatch.setattr(part_merge, "append_part", dies_half_way)
     with pytest.raises(Killed):
         run_part(worker(ctx, 2), parts[-1])
-    monkeypatch.setattr(split, "append_part", append)
+    monkeypatch.setattr(part_merge, "append_part", append)
     merge._states.clear()  # the process died with it
     job = ctx.store.get(job_id)
     assert job["status"] == "running" and job["worker"] == "w:2"
@@ -190,7 +190,7 @@ def test_a_part_done_while_another_worker_merges_is_merged_by_that_worker(
     job_id, parts = split_job(ctx, source, sent)
     for index in range(len(parts) - 2):
         run_part(worker(ctx, 1), parts[index])
-    append = split.append_part
+    append = part_merge.append_part
     outcomes: list[Outcome] = []
 
     def last_part_ends_meanwhile(fd: int, offset: int, rows: Path, runs: object) -> int:
@@ -200,7 +200,7 @@ def test_a_part_done_while_another_worker_merges_is_merged_by_that_worker(
             assert ctx.store.get(job_id)["worker"] == "w:1"
         return append(fd, offset, rows, runs)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(split, "append_part", last_part_ends_meanwhile)
+    monkeypatch.setattr(part_merge, "append_part", last_part_ends_meanwhile)
     assert run_part(worker(ctx, 1), parts[-2]) is Outcome.DONE
     assert outcomes == [Outcome.DONE]  # worker 2's part is done; it left the merge
     assert sent["merge"] == []

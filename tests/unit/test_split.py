@@ -11,12 +11,13 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from src.data import split
+from src.data import part_merge, split
 from src.data.frame import RunState
 from src.data.io import SNIFF_BYTES, csv_head
 from src.data.options import CleaningOptions
+from src.data.part_merge import merge_parts
 from src.data.pipeline import clean_file
-from src.data.split import clean_part, merge_parts, plan_parts
+from src.data.split import clean_part, plan_parts
 
 HEADER = ",designation,description,productid,imageid\n"
 
@@ -254,23 +255,23 @@ def test_merging_part_by_part_from_rebuilt_state_equals_one_merge(
 
     target = tmp_path / "merged.csv"
     line = io.BytesIO()
-    split.empty_frame(header).write_csv(line)
+    part_merge.empty_frame(header).write_csv(line)
     offset = len(line.getvalue())
     target.write_bytes(line.getvalue())
     for step, (rows, keys) in enumerate(parts):
         state = RunState()  # a new merger each step: its state rebuilt from the keys
         for _, earlier in parts[:step]:
-            split.judge_part(earlier, state, ids=False)
+            part_merge.judge_part(earlier, state, ids=False)
         with target.open("r+b") as fh:
             fh.seek(0, 2)
             fh.write(b"half a part from a merger that died\n")  # beyond the recorded offset
             fh.flush()
-            runs = split.judge_part(keys, state, rows, ids=False)
-            offset = split.append_part(fh.fileno(), offset, rows, runs)
+            runs = part_merge.judge_part(keys, state, rows, ids=False)
+            offset = part_merge.append_part(fh.fileno(), offset, rows, runs)
             fh.truncate(offset)
     assert target.read_bytes() == expected.read_bytes()
     # Repeated ids, counted over all parts at the end, as one run counts them.
-    split.count_duplicate_ids([keys for _, keys in parts], state)
+    part_merge.count_duplicate_ids([keys for _, keys in parts], state)
     assert report.duplicate_ids > 0
     assert state.duplicate_ids == report.duplicate_ids
     assert state.duplicate_id_examples == report.duplicate_id_examples
