@@ -31,19 +31,11 @@ from src.jobs.run import run_job
 from src.jobs.store import JobStore
 from src.jobs.sweep import sweep
 from tests.integration.conftest import settings_for, stack_or_skip
+from tests.integration.test_split import REPORT_FIELDS
 from tests.support.inputs import make_input
 from tests.support.services import Stack
 
 OPTIONS = CleaningOptions(drop_duplicates=True, lowercase=True, chunk_rows=200)
-REPORT_FIELDS = (
-    "rows_in",
-    "rows_out",
-    "duplicate_rows_dropped",
-    "duplicate_ids",
-    "duplicate_id_examples",
-    "formulas_neutralised",
-    "columns",
-)
 
 
 @pytest.fixture(scope="module")
