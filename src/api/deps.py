@@ -43,21 +43,18 @@ async def get_job_cache(request: Request) -> JobCache:
     return request.app.state.jobs
 
 
-async def get_watcher(
-    request: Request,
-    store: Annotated[AsyncJobStore, Depends(get_store)],
-    notices: Annotated[Listener, Depends(get_notices)],
-) -> JobWatcher:
-    """One watcher per app (and store), made at first use."""
-    watcher: JobWatcher | None = getattr(request.app.state, "watcher", None)
+def job_watcher(request: Request, store: AsyncJobStore) -> JobWatcher:
+    """One watcher per app (and store), made at first use; a plain function, so that a
+    route needing it only sometimes (`?wait=`) does not resolve it on every request."""
+    state = request.app.state
+    watcher: JobWatcher | None = getattr(state, "watcher", None)
     if watcher is None or watcher.store is not store:
-        fallback = request.app.state.settings.watch_fallback_seconds
-        watcher = request.app.state.watcher = JobWatcher(store, notices, fallback)
+        fallback = state.settings.watch_fallback_seconds
+        watcher = state.watcher = JobWatcher(store, state.notices, fallback)
     return watcher
 
 
 SettingsDep = Annotated[Settings, Depends(get_settings_dep)]
-WatcherDep = Annotated[JobWatcher, Depends(get_watcher)]
 NoticesDep = Annotated[Listener, Depends(get_notices)]
 FilesDep = Annotated[Storage, Depends(get_files)]
 JobStoreDep = Annotated[AsyncJobStore, Depends(get_store)]
@@ -79,11 +76,7 @@ class Caller:
         return self.admin or doc.get("owner_hash") == self.digest
 
 
-async def authenticate(
-    request: Request,
-    settings: SettingsDep,
-    key: Annotated[str | None, Security(_api_key_header)] = None,
-) -> Caller:
+def authenticate(settings: Settings, request: Request, key: str | None) -> Caller:
     """When API_KEYS is set, X-API-Key must be one of them (compared in constant time)."""
     keys = settings.keys
     if not keys:
@@ -104,19 +97,27 @@ async def authenticate(
     return Caller(found.name, found.digest, found.admin, who=found.digest)
 
 
-CallerDep = Annotated[Caller, Depends(authenticate)]
+# `reader` and `submitter` take the key and the settings themselves rather than through
+# dependencies of their own: FastAPI solves each dependency on every request, and these
+# run on every request but health, metrics and docs.
+ApiKey = Annotated[str | None, Security(_api_key_header)]
 
 
-async def reader(request: Request, settings: SettingsDep, caller: CallerDep) -> Caller:
+async def _within(request: Request, key: str | None, budget: ratelimit.Budget) -> Caller:
+    settings: Settings = request.app.state.settings
+    caller = authenticate(settings, request, key)
+    await ratelimit.enforce(request, settings, caller.who, budget)
+    return caller
+
+
+async def reader(request: Request, key: ApiKey = None) -> Caller:
     """A caller within its read budget (READ_RATE_LIMIT_PER_MINUTE)."""
-    await ratelimit.enforce(request, settings, caller.who, ratelimit.READS)
-    return caller
+    return await _within(request, key, ratelimit.READS)
 
 
-async def submitter(request: Request, settings: SettingsDep, caller: CallerDep) -> Caller:
+async def submitter(request: Request, key: ApiKey = None) -> Caller:
     """A caller within its submission budget (RATE_LIMIT_PER_MINUTE)."""
-    await ratelimit.enforce(request, settings, caller.who, ratelimit.SUBMISSIONS)
-    return caller
+    return await _within(request, key, ratelimit.SUBMISSIONS)
 
 
 ReaderDep = Annotated[Caller, Depends(reader)]

@@ -49,6 +49,7 @@ class Reads(Protocol):
 class _Entry:
     doc: JobDoc
     read_at: float
+    body: bytes | None = None  # the document as the route renders it, once asked
 
 
 class JobCache:
@@ -110,6 +111,17 @@ class JobCache:
         self._entries.move_to_end(job_id)
         while len(self._entries) > self.size:
             self._entries.popitem(last=False)
+
+    def rendered(self, doc: JobDoc, render: Callable[[JobDoc], bytes]) -> bytes:
+        """`render(doc)`, kept with the entry while the entry holds this very document: a
+        job polled again and again is rendered once per change, not once per poll. A
+        notice replaces the entry, and the body with it."""
+        entry = self._entries.get(doc["_id"])
+        if entry is None or entry.doc is not doc:
+            return render(doc)
+        if entry.body is None:
+            entry.body = render(doc)
+        return entry.body
 
     # ---- the reads
     async def get(self, job_id: str, store: Reads) -> JobDoc | None:

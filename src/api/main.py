@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -114,3 +115,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
 
 app = create_app()
+# What exists once the app is made (modules, routes, schemas: ~90,000 objects) is never
+# scanned by the garbage collector again: each full collection walked all of it, about
+# 50 ms here during which no request moves, a latency spike for every request in flight.
+# Once per process, at import (tests make many apps; freezing each would keep them all).
+gc.collect()
+gc.freeze()

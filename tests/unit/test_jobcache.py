@@ -139,6 +139,34 @@ async def test_a_notice_evicts_and_the_next_read_sees_the_change() -> None:
     await notices.close()
 
 
+async def test_a_job_is_rendered_once_per_change() -> None:
+    """A polled job's body is kept with its entry: rendered again only after a notice,
+    and never kept for a document that is not the cached one."""
+    cache, notices, subs, _ = await live_cache()
+    store = seeded(A)
+    renders: list[str] = []
+
+    def render(doc: JobDoc) -> bytes:
+        renders.append(doc["status"])
+        return str(doc["status"]).encode()
+
+    for _ in range(3):
+        assert cache.rendered(await cache.get(A, store), render) == b"queued"  # type: ignore[arg-type]
+    assert renders == ["queued"]
+    store.docs[A]["status"] = JobStatus.RUNNING
+    subs.last.notice(A)
+    await until(lambda: A not in cache._entries, "evicted")
+    for _ in range(2):
+        assert cache.rendered(await cache.get(A, store), render) == b"running"  # type: ignore[arg-type]
+    assert renders == ["queued", "running"]
+    own = await store.get(A)  # the store's own copy (as after ?wait=): rendered each time
+    assert own is not None
+    cache.rendered(own, render)
+    cache.rendered(own, render)
+    assert renders == ["queued", "running", "running", "running"]
+    await notices.close()
+
+
 async def test_a_notice_on_its_way_is_seen_before_an_entry_is_answered() -> None:
     """The fence: an entry answers only once a PING's PONG came back, after every notice
     Redis took before it."""

@@ -25,7 +25,7 @@ from src.api.deps import (
     NoticesDep,
     ReaderDep,
     SettingsDep,
-    WatcherDep,
+    job_watcher,
 )
 from src.api.errors import ApiError, shown
 from src.api.jobcache import JobCache
@@ -99,6 +99,7 @@ async def list_jobs(
 
 @router.get(
     "/{job_id}",
+    response_model=Job,
     operation_id="getJob",
     summary="Status, progress, report; optionally wait for the end",
     responses={
@@ -107,10 +108,10 @@ async def list_jobs(
     },
 )
 async def get_job(
+    request: Request,
     job_id: JobId,
     store: JobStoreDep,
     cache: JobCacheDep,
-    watcher: WatcherDep,
     caller: ReaderDep,
     wait: Annotated[
         float | None,
@@ -120,12 +121,19 @@ async def get_job(
             description="Answer as soon as the job is finished, or after this many seconds.",
         ),
     ] = None,
-) -> Job:
+) -> Response:
+    # The route pollers hit (its docstring would be the operation's description): the
+    # body is rendered once per change of the job (the cache keeps it), and returned as
+    # it is rather than as a model FastAPI would validate and render again.
     doc = await _get(store, job_id, caller, cache)
     if wait and doc["status"] not in TERMINAL:
-        await watcher.wait_finished(job_id, wait)
+        await job_watcher(request, store).wait_finished(job_id, wait)
         doc = await _get(store, job_id, caller)  # the store's: the watcher may have polled
-    return Job.from_doc(doc)
+    return Response(cache.rendered(doc, _job_json), media_type="application/json")
+
+
+def _job_json(doc: JobDoc) -> bytes:
+    return Job.from_doc(doc).model_dump_json(by_alias=True).encode()
 
 
 @router.get(
