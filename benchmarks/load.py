@@ -8,12 +8,17 @@ until it ends. Prints `name=value` lines; the last is `jobs_per_s_<max>_workers`
 
 `submit`: the API as compose runs it (the API image's uvicorn command: one process,
 API keys on) with one Celery worker process (beat inside), Redis and the store on this
-machine. `--clients` (50) concurrent clients each upload a 10-row CSV again and again
-for `--seconds` (15); then as many poll `GET /jobs/{id}` of the accepted jobs for as
-long. One thread and keep-alive connection per client (httpx), in this process. The CPU
-share of each process (clients, API, worker, store, Redis: `*_cpu_pct`, of one core) and
-of the whole machine (`machine_busy_pct`, of all cores, neighbours included) is printed,
-so that a client-bound or crowded run shows. The last line is `submit_accepted_per_s`.
+machine. `--clients` (50) keep-alive connections each upload a 10-row CSV again and again
+for `--seconds` (15, whole seconds); then as many poll `GET /jobs/{id}` of the accepted
+jobs for as long. The clients are `wrk` (C, its Lua scripting LuaJIT: microseconds of CPU
+a request; benchmarks/load_wrk.lua) and not Python threads: on these 2 cores httpx
+threads cost ~0.6 ms of CPU a request, half a core taken from the service they measure
+(GET: 840 requests/s, p99 180 ms with httpx; 1,540-1,714, p99 86-103 ms with wrk).
+Latencies are wrk's histogram of every answer. The CPU share of each process (wrk, API,
+worker, store, Redis: `*_cpu_pct`, of one core) and of the whole machine
+(`machine_busy_pct`, of all cores, neighbours included) is printed, so that a
+client-bound or crowded run shows. The last line is `submit_accepted_per_s`. Needs
+`wrk` (`apt-get install wrk`).
 
     uv run python benchmarks/load.py --mode submit [--clients 50] [--seconds 15]
 """
@@ -23,13 +28,14 @@ from __future__ import annotations
 import argparse
 import os
 import secrets
+import shutil
 import statistics
 import subprocess
 import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
@@ -121,8 +127,10 @@ PRODUCTION_DEFAULTS = (
     "callback_retries",
     "callback_allow_private",
 )
-WARM_UP_S = 2.0
-MAX_REQUESTS = 200_000  # per phase, whatever the time: the count is bounded too
+WARM_UP_S = 2  # wrk's -d is whole seconds
+# Per phase: load_wrk.lua stops its thread there (wrk.thread:stop()), whatever the time left.
+MAX_REQUESTS = 200_000
+WRK_SCRIPT = Path(__file__).with_name("load_wrk.lua")
 
 
 def production_env() -> dict[str, str]:
@@ -173,108 +181,142 @@ def loadavg() -> str:
     return " ".join(Path("/proc/loadavg").read_text().split()[:3])
 
 
-class Phase:
-    """`clients` threads, each with its own keep-alive connection, calling `request` until
-    the deadline: latencies of the requests that did what they should, and failures.
+@dataclass
+class WrkRun:
+    """What one wrk run printed (`load name=value` lines of load_wrk.lua's done())."""
 
-    Threads, not asyncio: httpx's asyncio pool shared by 50 tasks spent ~5 ms of client
-    CPU a request here (the client became the bottleneck at ~100 requests/s), a client
-    per thread ~0.7 ms (measured against a stub server on this machine).
-    """
+    values: dict[str, float]
+    statuses: dict[int, int]
+    client_cpu_s: float  # wrk's own CPU (user + system), from wait4's rusage
+    wall_s: float  # around the process: the window the CPU shares are taken over
+
+
+def wrk(args: list[str], env: dict[str, str], limit: float) -> tuple[str, float]:
+    """Run wrk to its end (killed past `limit` seconds): its stdout and CPU seconds."""
+    with tempfile.TemporaryFile() as out:
+        proc = subprocess.Popen(["wrk", *args], stdout=out, stderr=subprocess.STDOUT, env=env)
+        deadline = time.monotonic() + limit
+        while True:  # wait4, not Popen.wait: the rusage is the client's CPU
+            pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
+            if pid:
+                break
+            if time.monotonic() > deadline:
+                proc.kill()
+            time.sleep(0.05)
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        out.seek(0)
+        text = out.read().decode(errors="replace")
+    if proc.returncode != 0 or "load requests=" not in text:
+        raise SystemExit(f"wrk {' '.join(args)} ended {proc.returncode}:\n{text}")
+    return text, usage.ru_utime + usage.ru_stime
+
+
+class Wrk:
+    """The phases of `submit`, each one `wrk -t1 -c<clients> -d<seconds>s` run with
+    load_wrk.lua: keep-alive connections, each sending its next request as soon as the
+    last is answered (closed loop, as the httpx threads were)."""
 
     def __init__(
-        self, base: str, key: str, clients: int, seconds: float, groups: dict[str, int]
+        self, base: str, key: str, clients: int, groups: dict[str, int], workdir: Path
     ) -> None:
-        self.base, self.key, self.clients, self.seconds = base, key, clients, seconds
-        self.groups = groups  # name → process group id, whose CPU shares are printed
-        self.ok: list[float] = []
-        self.failed: dict[str, int] = {}
-        self.count = 0
-        self.lock = threading.Lock()
+        self.base, self.key, self.clients, self.groups = base, key, clients, groups
+        self.workdir = workdir
+        # The body httpx sent: SMALL as the multipart field `file`.
+        upload = httpx.Request("POST", base, files={"file": ("small.csv", SMALL, "text/csv")})
+        (workdir / "body").write_bytes(upload.read())
+        self.content_type = upload.headers["Content-Type"]
+        self.runs = 0
 
-    def _client(
-        self, request: Callable[[httpx.Client, int], bool], n: int, deadline: float
-    ) -> None:
-        with httpx.Client(base_url=self.base, headers={"X-API-Key": self.key}, timeout=30) as http:
-            while time.perf_counter() < deadline:
-                with self.lock:
-                    if self.count >= MAX_REQUESTS:
-                        return
-                    self.count += 1
-                t0 = time.perf_counter()
-                try:
-                    ok = request(http, n)
-                except httpx.HTTPError as exc:
-                    with self.lock:
-                        name = type(exc).__name__
-                        self.failed[name] = self.failed.get(name, 0) + 1
-                    continue
-                if ok:
-                    self.ok.append(time.perf_counter() - t0)  # list.append: atomic
-
-    def run(self, request: Callable[[httpx.Client, int], bool]) -> dict[str, float]:
-        deadline = time.perf_counter() + self.seconds
-        threads = [
-            threading.Thread(target=self._client, args=(request, n, deadline))
-            for n in range(self.clients)
-        ]
-        cpu0 = {name: group_cpu_seconds(g) for name, g in self.groups.items()}
-        client0, machine0, wall0 = time.process_time(), machine_busy(), time.perf_counter()
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-        wall = time.perf_counter() - wall0
-        ms = [s * 1000 for s in self.ok] or [float("nan")]
-        found = {
-            "per_s": len(self.ok) / wall,
-            "p50_ms": percentile(ms, 50),
-            "p95_ms": percentile(ms, 95),
-            "p99_ms": percentile(ms, 99),
-            "errors": sum(self.failed.values()),
-            "client_cpu_pct": 100 * (time.process_time() - client0) / wall,
+    def run(
+        self, phase: str, seconds: int, ids: list[str] | None = None
+    ) -> tuple[WrkRun, list[str]]:
+        """One phase: what wrk measured, and (submit) the accepted jobs' ids."""
+        self.runs += 1
+        ids_path = self.workdir / f"ids{self.runs}"
+        if ids is not None:
+            ids_path.write_text("".join(f"{i}\n" for i in ids))
+        env = {
+            **os.environ,
+            "LOAD_PHASE": phase,
+            "LOAD_BODY": str(self.workdir / "body"),
+            "LOAD_TYPE": self.content_type,
+            "LOAD_IDS": str(ids_path),
+            "LOAD_MAX": str(MAX_REQUESTS),
         }
+        url = f"{self.base}/jobs/clean" if phase == "submit" else self.base
+        args = ["-t1", f"-c{self.clients}", f"-d{seconds}s", "--latency", "--timeout", "30s"]
+        args += ["-s", str(WRK_SCRIPT), "-H", f"X-API-Key: {self.key}", url]
+        cpu0 = {name: group_cpu_seconds(g) for name, g in self.groups.items()}
+        machine0, wall0 = machine_busy(), time.perf_counter()
+        text, client_cpu = wrk(args, env, seconds + 60)
+        wall = time.perf_counter() - wall0
+        values: dict[str, float] = {}
+        statuses: dict[int, int] = {}
+        for line in text.splitlines():
+            if line.startswith("load "):
+                name, value = line[5:].split("=", 1)
+                if name.startswith("status_"):
+                    statuses[int(name[7:])] = int(value)
+                else:
+                    values[name] = float(value)
         for name, group in self.groups.items():
-            found[f"{name}_cpu_pct"] = 100 * (group_cpu_seconds(group) - cpu0[name]) / wall
-        # Less noisy than rates on a shared machine: CPU each request cost the API.
-        found["api_cpu_ms_per_request"] = 10 * found["api_cpu_pct"] / max(found["per_s"], 1e-9)
+            values[f"{name}_cpu_s"] = group_cpu_seconds(group) - cpu0[name]
         busy, total = (now - then for now, then in zip(machine_busy(), machine0, strict=True))
-        found["machine_busy_pct"] = 100 * busy / total  # all cores, every process: ours, others'
-        return found
+        values["machine_busy_pct"] = 100 * busy / total  # all cores, every process
+        if values["capped_threads"]:
+            print(f"warning: {phase} reached {MAX_REQUESTS} requests early", file=sys.stderr)
+        accepted = []
+        for path in self.workdir.glob(f"{ids_path.name}.*"):  # one file per wrk thread
+            accepted += path.read_text().split()
+        if phase == "submit" and len(accepted) != statuses.get(202, 0):
+            raise SystemExit(f"{statuses.get(202, 0)} submissions accepted, {len(accepted)} ids")
+        return WrkRun(values, statuses, client_cpu, wall), accepted
+
+
+def figures(run: WrkRun, expected: int) -> dict[str, float]:
+    """The `name=value` figures of one phase: `per_s` counts the answers with the
+    expected status over wrk's duration of the phase; CPU shares are of one core."""
+    v, ok = run.values, run.statuses.get(expected, 0)
+    found = {
+        "per_s": ok / (v["duration_us"] / 1e6),
+        "p50_ms": v["latency_p50_us"] / 1000,
+        "p95_ms": v["latency_p95_us"] / 1000,
+        "p99_ms": v["latency_p99_us"] / 1000,
+        "errors": sum(v[f"errors_{e}"] for e in ("connect", "read", "write", "timeout")),
+        "client_cpu_pct": 100 * run.client_cpu_s / run.wall_s,
+    }
+    for name in [n[: -len("_cpu_s")] for n in v if n.endswith("_cpu_s")]:
+        found[f"{name}_cpu_pct"] = 100 * v[f"{name}_cpu_s"] / run.wall_s
+    # Less noisy than rates on a shared machine: CPU each request cost the API.
+    found["api_cpu_ms_per_request"] = 1000 * v["api_cpu_s"] / max(ok, 1)
+    found["machine_busy_pct"] = v["machine_busy_pct"]
+    return found
 
 
 def drive(
-    base: str, key: str, clients: int, seconds: float, groups: dict[str, int]
+    base: str, key: str, clients: int, seconds: int, groups: dict[str, int], workdir: Path
 ) -> tuple[list[str], bool]:
     """The warm-up, the submissions, the polls: the lines to print, and whether every
     request was answered as it should."""
-    accepted: list[str] = []
+    load = Wrk(base, key, clients, groups, workdir)
     statuses: dict[int, int] = {}
 
-    def refused(status: int) -> bool:
-        statuses[status] = statuses.get(status, 0) + 1
-        return False
+    def refused(run: WrkRun, expected: int) -> None:
+        for status, n in run.statuses.items():
+            if status != expected:
+                statuses[status] = statuses.get(status, 0) + n
 
-    def submit(http: httpx.Client, _: int) -> bool:
-        r = http.post("/jobs/clean", files={"file": ("small.csv", SMALL, "text/csv")})
-        if r.status_code != 202:
-            return refused(r.status_code)
-        accepted.append(r.json()["id"])
-        return True
-
-    def get(http: httpx.Client, n: int) -> bool:
-        job_id = accepted[(n * 7919 + len(got.ok)) % len(accepted)]
-        r = http.get(f"/jobs/{job_id}")
-        return True if r.status_code == 200 else refused(r.status_code)
-
-    Phase(base, key, clients, WARM_UP_S, groups).run(submit)  # connections, Celery's first send
+    warm, accepted = load.run("submit", WARM_UP_S)  # connections, Celery's first send
+    refused(warm, 202)
     if not accepted:
         raise SystemExit(f"no submission accepted during the warm-up: {statuses}")
     load_submit = loadavg()
-    sub = Phase(base, key, clients, seconds, groups).run(submit)
+    submitted, ids = load.run("submit", seconds)
+    refused(submitted, 202)
     load_get = loadavg()
-    got = Phase(base, key, clients, seconds, groups)
-    get_ = got.run(get)
+    got, _ = load.run("get", seconds, accepted + ids)
+    refused(got, 200)
+    sub, get_ = figures(submitted, 202), figures(got, 200)
     lines = [f"load_average_at_submit={load_submit}", f"load_average_at_get={load_get}"]
     lines += [f"clients={clients}", f"seconds={seconds:g}", f"refused_statuses={statuses or 0}"]
     for name, value in get_.items():
@@ -285,7 +327,9 @@ def drive(
     return lines, not statuses and sub["errors"] == get_["errors"] == 0
 
 
-def submit_mode(clients: int, seconds: float) -> int:
+def submit_mode(clients: int, seconds: int) -> int:
+    if shutil.which("wrk") is None:
+        raise SystemExit("wrk is not installed: apt-get install wrk")
     key = secrets.token_urlsafe(24)
     with tempfile.TemporaryDirectory() as tmp, running_stack(Path(tmp), MONGO_DB="load") as stack:
         stack.extra_env.update(production_env())
@@ -296,7 +340,8 @@ def submit_mode(clients: int, seconds: float) -> int:
             groups = {"api": api.pid, "worker": worker.pid, "redis": stack.redis.proc.pid}
             if stack.store.proc is not None:  # not a MONGO_URL of elsewhere
                 groups["store"] = stack.store.proc.pid
-            lines, clean = drive(base, key, clients, seconds, groups)
+            (Path(tmp) / "wrk").mkdir()
+            lines, clean = drive(base, key, clients, seconds, groups, Path(tmp) / "wrk")
         finally:
             stop(api)
             stop(worker)
@@ -312,7 +357,7 @@ def main() -> int:
     parser.add_argument("--jobs", type=int, default=10, help="jobs: jobs per client")
     parser.add_argument("--workers", default="1,2", help="jobs: worker counts to compare")
     parser.add_argument("--time-limit", type=float, default=120, help="jobs: seconds per run")
-    parser.add_argument("--seconds", type=float, default=15, help="submit: seconds per phase")
+    parser.add_argument("--seconds", type=int, default=15, help="submit: seconds per phase")
     args = parser.parse_args()
     if args.mode == "submit":
         return submit_mode(args.clients or 50, args.seconds)
