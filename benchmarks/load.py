@@ -9,8 +9,11 @@ until it ends. Prints `name=value` lines; the last is `jobs_per_s_<max>_workers`
 `submit`: the API as compose runs it (the API image's uvicorn command: one process,
 API keys on) with one Celery worker process (beat inside), Redis and the store on this
 machine. `--clients` (50) keep-alive connections each upload a 10-row CSV again and again
-for `--seconds` (15, whole seconds); then as many poll `GET /jobs/{id}` of the accepted
-jobs for as long. The clients are `wrk` (C, its Lua scripting LuaJIT: microseconds of CPU
+for `--seconds` (15, whole seconds); then as many pollers `GET /jobs/{id}` for as long,
+each following one accepted job as a client waiting for its job does (`get_*`); then,
+for as long again, every request asks for another of the thousands of accepted jobs
+(`get_any_*`: a scan rather than polling, each read older than the cache's age limit,
+so the store's read path). The clients are `wrk` (C, its Lua scripting LuaJIT: microseconds of CPU
 a request; benchmarks/load_wrk.lua) and not Python threads: on these 2 cores httpx
 threads cost ~0.6 ms of CPU a request, half a core taken from the service they measure
 (GET: 840 requests/s, p99 180 ms with httpx; 1,540-1,714, p99 86-103 ms with wrk).
@@ -313,18 +316,30 @@ def drive(
     load_submit = loadavg()
     submitted, ids = load.run("submit", seconds)
     refused(submitted, 202)
+    everyone = accepted + ids
+    # The pollers: each client follows one job, as a client waiting for its job does
+    # (spread over the accepted jobs: finished, running and queued ones).
+    followed = everyone[:: max(1, len(everyone) // clients)][:clients]
     load_get = loadavg()
-    got, _ = load.run("get", seconds, accepted + ids)
+    got, _ = load.run("get", seconds, followed)
     refused(got, 200)
-    sub, get_ = figures(submitted, 202), figures(got, 200)
+    # Then every request another job of the thousands accepted: a scan, not polling; each
+    # read is older than JOB_CACHE_SECONDS, so this is the store's read path.
+    scanned, _ = load.run("get", seconds, everyone)
+    refused(scanned, 200)
+    sub, get_, any_ = figures(submitted, 202), figures(got, 200), figures(scanned, 200)
     lines = [f"load_average_at_submit={load_submit}", f"load_average_at_get={load_get}"]
     lines += [f"clients={clients}", f"seconds={seconds:g}", f"refused_statuses={statuses or 0}"]
+    lines.append(f"jobs_followed={len(followed)}")
+    lines.append(f"jobs_scanned={len(everyone)}")
+    for name, value in any_.items():
+        lines.append(f"get_any_{name}={value:.1f}")
     for name, value in get_.items():
         lines.append(f"get_{name}={value:.1f}")
     for name, value in sub.items():
         lines.append(f"submit_{name}={value:.1f}")
     lines.append(f"submit_accepted_per_s={sub['per_s']:.1f}")
-    return lines, not statuses and sub["errors"] == get_["errors"] == 0
+    return lines, not statuses and sub["errors"] == get_["errors"] == any_["errors"] == 0
 
 
 def submit_mode(clients: int, seconds: int) -> int:
