@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass, field
-from functools import lru_cache
+from functools import cached_property, lru_cache
 from pathlib import Path
 
 from pydantic import Field
@@ -161,12 +161,13 @@ class ApiKey:
     key: str = field(repr=False)
     admin: bool = False
 
-    @property
+    @cached_property  # asked on every request
     def digest(self) -> str:
         return hashlib.sha256(self.key.encode()).hexdigest()
 
 
-def _parse_keys(raw: str, admin: bool) -> list[ApiKey]:
+@lru_cache(maxsize=16)  # `Settings.keys` is asked on every request: parse each value once
+def _parse_keys(raw: str, admin: bool) -> tuple[ApiKey, ...]:
     found = []
     for entry in (e.strip() for e in raw.split(",")):
         if not entry:
@@ -175,7 +176,7 @@ def _parse_keys(raw: str, admin: bool) -> list[ApiKey]:
         if not sep:  # a bare key: a stable name that does not reveal it
             name, key = f"key-{hashlib.sha256(entry.encode()).hexdigest()[:8]}", entry
         found.append(ApiKey(name.strip(), key.strip(), admin))
-    return found
+    return tuple(found)
 
 
 @lru_cache(maxsize=1)

@@ -20,7 +20,6 @@ from src.api import errors, openapi
 from src.api.deps import (
     Caller,
     FilesDep,
-    JobCacheDep,
     JobStoreDep,
     NoticesDep,
     ReaderDep,
@@ -111,7 +110,6 @@ async def get_job(
     request: Request,
     job_id: JobId,
     store: JobStoreDep,
-    cache: JobCacheDep,
     caller: ReaderDep,
     wait: Annotated[
         float | None,
@@ -124,7 +122,9 @@ async def get_job(
 ) -> Response:
     # The route pollers hit (its docstring would be the operation's description): the
     # body is rendered once per change of the job (the cache keeps it), and returned as
-    # it is rather than as a model FastAPI would validate and render again.
+    # it is rather than as a model FastAPI would validate and render again; the cache is
+    # the app's, not a dependency (FastAPI solves each of those on every request).
+    cache: JobCache = request.app.state.jobs
     doc = await _get(store, job_id, caller, cache)
     if wait and doc["status"] not in TERMINAL:
         await job_watcher(request, store).wait_finished(job_id, wait)
