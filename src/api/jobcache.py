@@ -34,7 +34,7 @@ from typing import Protocol
 from src.core.notices import Listener
 from src.jobs.records import JobDoc
 
-SIZE = 10_000  # documents of about 1 KB: a few MB per process
+SIZE = 10_000  # documents, and once polled their JSON (~2 KB): tens of MB at most
 FENCE_SECONDS = 0.5  # a fence not answered by then: read the store instead
 
 
