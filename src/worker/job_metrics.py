@@ -68,6 +68,7 @@ class JobMetrics(JobEvents):
         self._counted.pop(doc["_id"], None)
 
     def tracked(self, job_id: str, status: str) -> None:
+        self._publish(job_id)  # mlflow_status (and run or error) changed: the API shows them
         instruments.MLFLOW_LOGGING.labels(outcome=status).inc()
 
 

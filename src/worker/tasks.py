@@ -123,9 +123,9 @@ JOB_TASK = {
 
 @contextlib.contextmanager
 def _changes(job_id: str) -> Iterator[None]:
-    """Publish the job's id when the block ends, however it ends: the block writes fields
-    of the job (callback or MLflow status) that readers, the API's cache among them
-    (`src.api.jobcache`), must see."""
+    """Publish the job's id when the block ends, however it ends: the block writes the
+    job's callback fields, which readers, the API's cache among them (`src.api.jobcache`),
+    must see. (The other writers of a job tell `JobEvents`, which publishes.)"""
     try:
         yield
     finally:
@@ -143,7 +143,6 @@ def _after(task: Task, outcome: Outcome, job_id: str) -> str:
             callback.delay(job_id)
     # GONE too: a queued job the API cancelled ends without a worker; its task comes here.
     if tracking.wanted(store(), get_settings(), job_id):
-        publisher().publish(job_id)  # mlflow_status may have changed: readers re-read
         broker.send_track(job_id)
     return outcome.value
 
@@ -186,7 +185,7 @@ def callback(self: Task, job_id: str) -> bool:
 @app.task(name=broker.TRACK_TASK, autoretry_for=(PyMongoError,), max_retries=3)
 def track(job_id: str) -> str | None:
     """Log a finished job to MLflow (MLFLOW_TRACKING_URI); its failures are the sweep's."""
-    with _job_log(job_id), _changes(job_id):
+    with _job_log(job_id):
         return tracking.track_job(context(), job_id)
 
 

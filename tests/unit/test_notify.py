@@ -135,8 +135,8 @@ def test_worker_events_publish_the_job_that_changed() -> None:
     events.progressed(part_id(B, 3), 10, 100)  # a part's progress: its job changed
     events.changed(B)
     events.finished({**doc, "status": JobStatus.FAILED, "finished_ts": 1.0})
-    events.tracked(A, "logged")  # no change the API shows
-    assert sent == [A, A, B, B, A]
+    events.tracked(A, "logged")  # mlflow_status changed: the API shows it
+    assert sent == [A, A, B, B, A, A]
 
 
 # ------------------------------------------------------------------ Listener (API)
