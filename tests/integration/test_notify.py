@@ -27,13 +27,12 @@ import redis
 from pymongo import MongoClient
 
 from src.core.notify import CHANNEL
-from src.jobs.model import JOB_ID, new_job_id
-from src.jobs.records import new_job_doc
+from src.jobs.model import JOB_ID
 from src.jobs.store import COLLECTION
 from tests.integration.conftest import hold_path, upload, wait_held, wait_job
 from tests.integration.test_callbacks import receiver
 from tests.support.hold import held
-from tests.support.inputs import make_input
+from tests.support.inputs import job_doc, make_input
 from tests.support.services import Stack, free_port, stop
 
 OFF = "3600"  # WATCH_FALLBACK_SECONDS: no fallback poll within a test
@@ -354,17 +353,9 @@ class Unserved:
     redis: redis.Redis
 
     def insert(self) -> str:
-        job_id = new_job_id()
-        doc = new_job_doc(
-            job_id=job_id,
-            input_relpath=f"jobs/{job_id}/input.csv",
-            input_name="input.csv",
-            options={},
-            output_format="csv",
-            retention_hours=1,
-        )
+        doc = job_doc()
         self.mongo[self.db][COLLECTION].insert_one(doc)
-        return job_id
+        return doc["_id"]
 
     def set_rows(self, job_id: str, rows: int) -> None:
         """A change in the store that no notice tells."""
